@@ -1,0 +1,173 @@
+"""Discretized Gaussian mixture (K components): likelihoods for training and
+real, lossless entropy coding of integer latents with constriction's range coder.
+
+Training side (torch, differentiable)::
+
+    P(y_hat) = sum_k w_k [Phi((y_hat + 1/2 - mu_k) / sigma_k) - Phi((y_hat - 1/2 - mu_k) / sigma_k)]
+
+Coding side (numpy, float64, deterministic): the mixture parameters are first
+rounded to a fixed grid (``quantize_params``), so that encoder and decoder build
+bit-identical tables even when the networks that produced the parameters differ
+in the last bit (other thread count, other process). The probability tables are
+then computed with ``scipy.special.ndtr`` (a plain C loop, the same result for the
+same input on every run) and handed, a whole batch of symbols at a time, to
+``constriction``'s ``Categorical`` model family: no Python loop per symbol.
+
+A coded stream (bytes) is::
+
+    lo int16 | hi int16 | range-coder words (uint32, little-endian)
+
+where ``[lo, hi]`` is the support of the symbols in the stream; the two
+end bins absorb the mixture's tails, so every symbol in the support has a
+nonzero probability.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+import torch
+from compressai.ops import LowerBound
+from scipy.special import ndtr
+from torch import Tensor
+
+LIKELIHOOD_MIN = 1e-9
+SCALE_MIN = 0.11          # lower bound on mixture scales (network output)
+MEAN_GRID = 64            # means rounded to multiples of 1/64
+SCALE_GRID = 64           # scales rounded to multiples of 1/64, at least 8/64
+SCALE_MIN_CODED = 8       # in units of 1/SCALE_GRID
+WEIGHT_GRID = 256         # weights rounded to multiples of 1/256, at least 1/256, then renormalised
+MAX_SUPPORT = 4096        # widest symbol range a stream may declare
+_CHUNK_CELLS = 4_000_000  # bound on the size of one probability table batch
+_HEADER = struct.Struct(">hh")
+
+_lower_bound = LowerBound(LIKELIHOOD_MIN)
+
+
+class MixtureStreamError(ValueError):
+    """A mixture stream is malformed (declared support out of range, bad length)."""
+
+
+def _cdf(x: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-x * (2**-0.5))
+
+
+def mixture_likelihood(y_hat: Tensor, weights: Tensor, means: Tensor, scales: Tensor) -> Tensor:
+    """Likelihood of each element of ``y_hat`` under the discretized mixture.
+
+    y_hat: (B, M, H, W); weights, means, scales: (B, K, M, H, W), weights summing
+    to one over K. Returns (B, M, H, W), bounded below by 1e-9.
+    """
+    v = y_hat.unsqueeze(1) - means                  # (B, K, M, H, W)
+    # Evaluate on the side of the mean where the tail is small (CompressAI's trick).
+    sign = -torch.sign(v)
+    upper = _cdf(sign * (v + 0.5) / scales)
+    lower = _cdf(sign * (v - 0.5) / scales)
+    lik = (weights * torch.abs(upper - lower)).sum(dim=1)  # (B, M, H, W)
+    return _lower_bound(lik)
+
+
+@dataclass(frozen=True)
+class CodingParams:
+    """Grid-rounded mixture parameters for n symbols: each (n, K) float64."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    scales: np.ndarray
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def take(self, idx) -> "CodingParams":
+        return CodingParams(self.weights[idx], self.means[idx], self.scales[idx])
+
+
+def quantize_params(weights: Tensor, means: Tensor, scales: Tensor) -> CodingParams:
+    """Round mixture parameters, given as (n, K) tensors, to the coding grid."""
+    w = weights.detach().to(torch.float64).cpu().numpy()
+    mu = means.detach().to(torch.float64).cpu().numpy()
+    sigma = scales.detach().to(torch.float64).cpu().numpy()
+    w_q = np.maximum(np.rint(w * WEIGHT_GRID), 1.0)
+    w_q = w_q / w_q.sum(axis=1, keepdims=True)
+    mu_q = np.rint(np.clip(mu, -30000.0, 30000.0) * MEAN_GRID) / MEAN_GRID
+    sigma_q = np.maximum(np.rint(np.clip(sigma, 0.0, 30000.0) * SCALE_GRID), SCALE_MIN_CODED) / SCALE_GRID
+    return CodingParams(w_q, mu_q, sigma_q)
+
+
+def mixture_pmf(p: CodingParams, lo: int, hi: int) -> np.ndarray:
+    """Probability tables (n, hi - lo + 1), float64, rows summing to one."""
+    edges = np.arange(lo, hi + 2, dtype=np.float64) - 0.5          # (L + 1,)
+    z = (edges[None, None, :] - p.means[:, :, None]) / p.scales[:, :, None]  # (n, K, L + 1)
+    cdf = ndtr(z)
+    cdf[:, :, 0] = 0.0   # fold the tails into the end bins
+    cdf[:, :, -1] = 1.0
+    pmf = np.einsum("nk,nkl->nl", p.weights, np.diff(cdf, axis=2))
+    return pmf
+
+
+def _chunks(n: int, support: int):
+    step = max(1, _CHUNK_CELLS // max(1, support * 3))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+_FAMILY = constriction.stream.model.Categorical(perfect=False)
+
+
+def encode_symbols(encoder, symbols: np.ndarray, params: CodingParams, lo: int, hi: int) -> None:
+    """Append ``symbols`` (int, shape (n,), all in [lo, hi]) to a constriction RangeEncoder."""
+    if hi == lo:
+        return  # a one-symbol alphabet carries no information
+    sym = np.ascontiguousarray(symbols, dtype=np.int32) - lo
+    for s in _chunks(len(sym), hi - lo + 1):
+        encoder.encode(sym[s], _FAMILY, mixture_pmf(params.take(s), lo, hi))
+
+
+def decode_symbols(decoder, params: CodingParams, lo: int, hi: int) -> np.ndarray:
+    """Read len(params) symbols from a constriction RangeDecoder; returns int32 (n,)."""
+    out = np.zeros(len(params), dtype=np.int32)
+    if hi == lo:
+        return out + lo
+    for s in _chunks(len(params), hi - lo + 1):
+        out[s] = decoder.decode(_FAMILY, mixture_pmf(params.take(s), lo, hi))
+    return out + lo
+
+
+def support_of(symbols: np.ndarray) -> tuple[int, int]:
+    if symbols.size == 0:
+        return 0, 0
+    lo, hi = int(symbols.min()), int(symbols.max())
+    if lo < -32768 or hi > 32767 or hi - lo + 1 > MAX_SUPPORT:
+        raise ValueError(f"latent range [{lo}, {hi}] is too wide to code")
+    return lo, hi
+
+
+class StreamWriter:
+    """One range-coded substream: support header, then coded words."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+        self._enc = constriction.stream.queue.RangeEncoder()
+
+    def write(self, symbols: np.ndarray, params: CodingParams) -> None:
+        encode_symbols(self._enc, symbols, params, self.lo, self.hi)
+
+    def getvalue(self) -> bytes:
+        words = self._enc.get_compressed().astype("<u4")
+        return _HEADER.pack(self.lo, self.hi) + words.tobytes()
+
+
+class StreamReader:
+    def __init__(self, data: bytes):
+        if len(data) < _HEADER.size or (len(data) - _HEADER.size) % 4:
+            raise MixtureStreamError("latent stream has a bad length")
+        self.lo, self.hi = _HEADER.unpack_from(data)
+        if self.hi < self.lo or self.hi - self.lo + 1 > MAX_SUPPORT:
+            raise MixtureStreamError("latent stream declares an invalid symbol range")
+        words = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
+        self._dec = constriction.stream.queue.RangeDecoder(words)
+
+    def read(self, params: CodingParams) -> np.ndarray:
+        return decode_symbols(self._dec, params, self.lo, self.hi)

@@ -1,0 +1,358 @@
+"""Cheng et al., CVPR 2020: "Learned Image Compression with Discretized Gaussian
+Mixture Likelihoods and Attention Modules", in one file.
+
+    x ──g_a──> y ──(gain)──> y ──Q──> y_hat ──(inverse gain)──g_s──> x_hat
+               │                        │
+               └─h_a─> z ─Q─> z_hat ─h_s─> psi ─┐
+                                                ├─ entropy_parameters ─> (weights, means, scales), K = 3
+               context_prediction(y_hat) ─> phi ┘
+
+Two context models share the same mixture head:
+
+* ``serial``: the paper's 5x5 masked (raster-order) convolution; decoding visits
+  the latent positions one by one.
+* ``checkerboard``: He et al., CVPR 2021. Anchors (even i + j) are coded first with
+  the hyperprior alone, then non-anchors with a 5x5 checkerboard context of the
+  decoded anchors: two passes, tens of times faster to decode.
+
+Optionally (``num_modes > 1``) the model is variable-rate: per-channel gain units
+(Cui et al., CVPR 2021) scale y before quantization and back after it; mode ``q``
+(0-based, continuous) interpolates the gain vectors of its neighbouring modes
+geometrically, so one model covers every mode and the rates between them.
+
+``forward`` (training, likelihood estimate) and ``compress`` / ``decompress``
+(real coding) quantize through ``lic.entropy.quantize`` in the same way: y_hat =
+round(y) in both, so ``bpp_est`` from ``forward`` in eval mode and the real bpp agree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from compressai.layers import (
+    AttentionBlock,
+    ResidualBlock,
+    ResidualBlockUpsample,
+    ResidualBlockWithStride,
+    conv3x3,
+    subpel_conv3x3,
+)
+from compressai.models import CompressionModel
+from compressai.ops import LowerBound
+from torch import Tensor, nn
+
+from lic.entropy.mixture import (
+    SCALE_MIN,
+    CodingParams,
+    StreamReader,
+    StreamWriter,
+    mixture_likelihood,
+    quantize_params,
+    support_of,
+)
+from lic.entropy.quantize import QuantMode, quantize
+from lic.layers import MaskedConv2d, checkerboard_masks
+
+CONTEXTS = ("checkerboard", "serial")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyperparameters (stored with every checkpoint and export)."""
+
+    N: int = 128                     # channels of the transforms, and of y (M = N as in the paper)
+    K: int = 3                       # mixture components
+    context: str = "checkerboard"    # "checkerboard" | "serial"
+    num_modes: int = 1               # > 1: variable-rate model with gain units
+    lmbdas: tuple[float, ...] = ()   # the lambda of each mode (for gain init and training)
+    ste_synthesis: bool = False      # g_s sees round(y) with a straight-through gradient while training
+
+    @property
+    def M(self) -> int:
+        return self.N
+
+    def to_dict(self) -> dict:
+        return {"N": self.N, "K": self.K, "context": self.context, "num_modes": self.num_modes,
+                "lmbdas": list(self.lmbdas), "ste_synthesis": self.ste_synthesis}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["lmbdas"] = tuple(float(v) for v in d.get("lmbdas", ()))
+        return cls(**d)
+
+
+@dataclass
+class RDOutput:
+    """What ``forward`` returns."""
+
+    x_hat: Tensor          # (B, 3, H, W)
+    y_likelihoods: Tensor  # (B, M, H/16, W/16)
+    z_likelihoods: Tensor  # (B, N, H/64, W/64)
+
+    def bits(self) -> Tensor:
+        """Estimated bits per image, (B,)."""
+        ly = -torch.log2(self.y_likelihoods).flatten(1).sum(1)
+        lz = -torch.log2(self.z_likelihoods).flatten(1).sum(1)
+        return ly + lz
+
+    def bpp_est(self) -> Tensor:
+        """Mean estimated bits per pixel over the batch (a scalar)."""
+        b, _, h, w = self.x_hat.shape
+        return self.bits().sum() / (b * h * w)
+
+
+@dataclass
+class Compressed:
+    """Real bitstreams of one image (batch size 1): z first, then y."""
+
+    streams: list[bytes]
+    y_shape: tuple[int, int]   # latent (H/16, W/16) of the padded image
+    z_shape: tuple[int, int]   # hyper-latent (H/64, W/64)
+
+
+class Cheng2020GMM(CompressionModel):
+    """Cheng 2020 attention model with a K-component discretized Gaussian mixture."""
+
+    def __init__(self, config: ModelConfig | None = None, **kwargs):
+        config = config or ModelConfig(**kwargs)
+        if config.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {config.context!r}")
+        super().__init__()
+        self.config = config
+        N, M, K = config.N, config.M, config.K
+
+        self.g_a = nn.Sequential(
+            ResidualBlockWithStride(3, N, stride=2),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            AttentionBlock(N),
+            ResidualBlock(N, N),
+            ResidualBlockWithStride(N, N, stride=2),
+            ResidualBlock(N, N),
+            conv3x3(N, M, stride=2),
+            AttentionBlock(M),
+        )
+        self.g_s = nn.Sequential(
+            AttentionBlock(M),
+            ResidualBlock(M, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            AttentionBlock(N),
+            ResidualBlock(N, N),
+            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(N, N),
+            subpel_conv3x3(N, 3, 2),
+        )
+        self.h_a = nn.Sequential(
+            conv3x3(M, N), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N, stride=2), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N, stride=2),
+        )
+        self.h_s = nn.Sequential(
+            conv3x3(N, N), nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N, N, 2), nn.LeakyReLU(inplace=True),
+            conv3x3(N, N * 3 // 2), nn.LeakyReLU(inplace=True),
+            subpel_conv3x3(N * 3 // 2, N * 3 // 2, 2), nn.LeakyReLU(inplace=True),
+            conv3x3(N * 3 // 2, M * 2),
+        )
+        self.context_prediction = MaskedConv2d(M, 2 * M, 5, kind=config.context)
+        self.entropy_parameters = nn.Sequential(
+            nn.Conv2d(M * 4, M * 10 // 3, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 10 // 3, M * 8 // 3, 1), nn.LeakyReLU(inplace=True),
+            nn.Conv2d(M * 8 // 3, 3 * K * M, 1),
+        )
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.scale_lower_bound = LowerBound(SCALE_MIN)
+
+        if config.num_modes > 1:
+            lm = np.asarray(config.lmbdas or np.geomspace(0.0016, 0.045, config.num_modes), dtype=np.float64)
+            if len(lm) != config.num_modes:
+                raise ValueError("lmbdas must give one lambda per mode")
+            # D ~ step^2 and lambda ~ 1/D: the gain (1/step) grows like sqrt(lambda).
+            init = 0.5 * np.log(lm / np.exp(np.log(lm).mean()))
+            self.log_gain = nn.Parameter(torch.tensor(init, dtype=torch.float32)[:, None].repeat(1, M))
+            self.log_inv_gain = nn.Parameter(-self.log_gain.detach().clone())
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def downsampling(self) -> int:
+        return 64
+
+    def _gains(self, mode: Tensor | float | None, batch: int, device) -> tuple[Tensor, Tensor] | None:
+        """Per-sample gain and inverse gain, (B, M, 1, 1), for continuous 0-based modes."""
+        if self.config.num_modes <= 1:
+            return None
+        if mode is None:
+            raise ValueError("a variable-rate model needs a mode")
+        q = torch.as_tensor(mode, dtype=torch.float32, device=device).reshape(-1).expand(batch)
+        q = q.clamp(0, self.config.num_modes - 1)
+        i = q.floor().long().clamp(max=self.config.num_modes - 2)
+        f = (q - i.float())[:, None]                                      # (B, 1)
+        lg = (1 - f) * self.log_gain[i] + f * self.log_gain[i + 1]        # (B, M)
+        lig = (1 - f) * self.log_inv_gain[i] + f * self.log_inv_gain[i + 1]
+        return lg.exp()[:, :, None, None], lig.exp()[:, :, None, None]
+
+    def _mixture(self, ctx: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(weights, means, scales), each (B, K, M, H, W), from context and hyper features."""
+        B, _, H, W = psi.shape
+        K, M = self.config.K, self.config.M
+        params = self.entropy_parameters(torch.cat([ctx, psi], dim=1))   # (B, 3KM, H, W)
+        logits, means, scales = params.reshape(B, 3, K, M, H, W).unbind(1)
+        return torch.softmax(logits, dim=1), means, self.scale_lower_bound(scales)
+
+    def _z_hat(self, z: Tensor, mode: QuantMode) -> tuple[Tensor, Tensor]:
+        """Quantize z around the bottleneck's medians; returns (z_hat, likelihoods), both like z."""
+        eb = self.entropy_bottleneck
+        B, N, H, W = z.shape
+        values = z.permute(1, 0, 2, 3).reshape(N, 1, -1)                  # (N, 1, B*H*W)
+        medians = eb._get_medians()                                        # (N, 1, 1)
+        z_hat = quantize(values - medians, mode) + medians
+        z_lik, _, _ = eb._likelihood(z_hat)
+        z_lik = eb.likelihood_lower_bound(z_lik)
+
+        def back(t: Tensor) -> Tensor:
+            return t.reshape(N, B, H, W).permute(1, 0, 2, 3)
+        return back(z_hat), back(z_lik)
+
+    # ------------------------------------------------------------------ training / estimate
+    def forward(self, x: Tensor, mode: Tensor | float | None = None) -> RDOutput:
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64. Noise in train(), rounding in eval()."""
+        qmode = QuantMode.NOISE if self.training else QuantMode.ROUND
+        gains = self._gains(mode, x.shape[0], x.device)
+        y = self.g_a(x)                                   # (B, M, H/16, W/16)
+        if gains is not None:
+            y = y * gains[0]
+        z = self.h_a(y)                                   # (B, N, H/64, W/64)
+        z_hat, z_lik = self._z_hat(z, qmode)
+        psi = self.h_s(z_hat)                             # (B, 2M, H/16, W/16)
+
+        y_hat = quantize(y, qmode)
+        if self.config.context == "checkerboard":
+            anchor, non_anchor = checkerboard_masks(*y.shape[-2:], device=y.device)
+            ctx = self.context_prediction(y_hat * anchor) * non_anchor   # anchors: no context
+        else:
+            ctx = self.context_prediction(y_hat)
+        weights, means, scales = self._mixture(ctx, psi)
+        y_lik = mixture_likelihood(y_hat, weights, means, scales)
+
+        y_syn = quantize(y, QuantMode.STE) if (self.training and self.config.ste_synthesis) else y_hat
+        if gains is not None:
+            y_syn = y_syn * gains[1]
+        x_hat = self.g_s(y_syn)
+        return RDOutput(x_hat=x_hat, y_likelihoods=y_lik, z_likelihoods=z_lik)
+
+    # ------------------------------------------------------------------ real coding
+    def _flat_params(self, weights: Tensor, means: Tensor, scales: Tensor, sel: Tensor) -> CodingParams:
+        """Gather the (n, K) parameters at positions sel ((M, H, W) bool) of batch item 0."""
+        def pick(t: Tensor) -> Tensor:  # (1, K, M, H, W) -> (n, K)
+            return t[0].permute(1, 2, 3, 0)[sel]
+        return quantize_params(pick(weights), pick(means), pick(scales))
+
+    @torch.no_grad()
+    def compress(self, x: Tensor, mode: float | None = None) -> Compressed:
+        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64."""
+        if x.shape[0] != 1:
+            raise ValueError("compress codes one image at a time")
+        gains = self._gains(mode, 1, x.device)
+        y = self.g_a(x)
+        if gains is not None:
+            y = y * gains[0]
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like _z_hat
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        psi = self.h_s(z_hat)
+        y_sym = torch.round(y)                               # == quantize(y, ROUND)
+        streams = [z_strings[0]]
+        if self.config.context == "checkerboard":
+            streams += self._code_checkerboard(psi, y_sym)
+        else:
+            streams += self._code_serial(psi, y_sym)
+        return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]))
+
+    @torch.no_grad()
+    def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None) -> Tensor:
+        """Inverse of ``compress``: returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped."""
+        z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
+        psi = self.h_s(z_hat)
+        if self.config.context == "checkerboard":
+            y_hat = self._code_checkerboard(psi, None, streams[1:])
+        else:
+            y_hat = self._code_serial(psi, None, streams[1:])
+        gains = self._gains(mode, 1, psi.device)
+        if gains is not None:
+            y_hat = y_hat * gains[1]
+        return self.g_s(y_hat)
+
+    def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+        """Encode (y_sym given: returns two streams) or decode (returns y_hat).
+
+        Encoder and decoder run the very same operations in the same order:
+        pass 1, anchors from the hyperprior alone; pass 2, non-anchors with the
+        context of the pass-1 anchors.
+        """
+        _, M2, H, W = psi.shape
+        M = M2 // 2
+        anchor, non_anchor = checkerboard_masks(H, W, device=psi.device)
+        decoding = y_sym is None
+        y_hat = torch.zeros(1, M, H, W, device=psi.device)
+        out: list[bytes] = []
+        for p, sel_mask in enumerate((anchor, non_anchor)):
+            ctx = torch.zeros_like(psi) if p == 0 else self.context_prediction(y_hat * anchor)
+            weights, means, scales = self._mixture(ctx, psi)
+            sel = sel_mask[0].bool().expand(M, H, W)                     # (M, H, W)
+            params = self._flat_params(weights, means, scales, sel)
+            if decoding:
+                sym = StreamReader(streams[p]).read(params)
+                y_hat[0][sel] = torch.from_numpy(sym).to(y_hat)
+            else:
+                sym = y_sym[0][sel].to(torch.int64).numpy()
+                writer = StreamWriter(*support_of(sym))
+                writer.write(sym, params)
+                out.append(writer.getvalue())
+                y_hat[0][sel] = y_sym[0][sel]
+        return y_hat if decoding else out
+
+    def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+        """Raster-order coding with the 5x5 masked context, one position at a time.
+
+        The encoder computes each position's parameters from the same 5x5 patch of
+        already-coded latents as the decoder, so both build identical tables.
+        """
+        _, M2, H, W = psi.shape
+        M = M2 // 2
+        k = self.context_prediction.kernel_size[0]
+        pad = k // 2
+        weight = self.context_prediction.masked_weight()
+        bias = self.context_prediction.bias
+        decoding = y_sym is None
+        y_pad = torch.zeros(1, M, H + 2 * pad, W + 2 * pad, device=psi.device)
+        if decoding:
+            reader = StreamReader(streams[0])
+        else:
+            sym_all = y_sym.to(torch.int64).numpy()
+            writer = StreamWriter(*support_of(sym_all))
+        sel = torch.ones(M, 1, 1, dtype=torch.bool)
+        for h in range(H):
+            for w in range(W):
+                patch = y_pad[:, :, h:h + k, w:w + k]                       # (1, M, k, k)
+                ctx = F.conv2d(patch, weight, bias)                         # (1, 2M, 1, 1)
+                weights, means, scales = self._mixture(ctx, psi[:, :, h:h + 1, w:w + 1])
+                params = self._flat_params(weights, means, scales, sel)
+                if decoding:
+                    sym = reader.read(params)
+                    y_pad[0, :, h + pad, w + pad] = torch.from_numpy(sym).to(y_pad)
+                else:
+                    writer.write(sym_all[0, :, h, w], params)
+                    y_pad[0, :, h + pad, w + pad] = y_sym[0, :, h, w]
+        if decoding:
+            return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
+        return [writer.getvalue()]

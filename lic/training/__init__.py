@@ -1,0 +1,1 @@
+"""Training: LightningModule, DataModule, RD loss, and the Hydra entry point's body."""
