@@ -27,6 +27,7 @@ round(y) in both, so ``bpp_est`` from ``forward`` in eval mode and the real bpp 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -59,6 +60,23 @@ from lic.entropy.quantize import QuantMode, quantize
 from lic.layers import MaskedConv2d, checkerboard_masks
 
 CONTEXTS = ("checkerboard", "serial")
+
+
+@contextmanager
+def decoder_threads():
+    """Run the decoder-side networks (h_s, context, entropy parameters, g_s) on one thread.
+
+    Measured here: with oneDNN convolutions, 1 and 2 threads give results that
+    differ in the last bit, enough to flip an 8-bit pixel now and then or, through
+    the mixture parameters, to desynchronise the entropy decoder. One thread gives
+    the same bits whatever the caller's thread count, in every process.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -268,29 +286,47 @@ class Cheng2020GMM(CompressionModel):
             y = y * gains[0]
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like _z_hat
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        psi = self.h_s(z_hat)
-        y_sym = torch.round(y)                               # == quantize(y, ROUND)
+        y_sym = quantize(y, QuantMode.ROUND)
         streams = [z_strings[0]]
-        if self.config.context == "checkerboard":
-            streams += self._code_checkerboard(psi, y_sym)
-        else:
-            streams += self._code_serial(psi, y_sym)
+        with decoder_threads():  # the encoder derives its tables exactly as the decoder will
+            z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+            psi = self.h_s(z_hat)
+            if self.config.context == "checkerboard":
+                streams += self._code_checkerboard(psi, y_sym)
+            else:
+                streams += self._code_serial(psi, y_sym)
         return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]))
 
     @torch.no_grad()
     def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None) -> Tensor:
         """Inverse of ``compress``: returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped."""
+        with decoder_threads():
+            return self._decompress(streams, z_shape, mode)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
+        """g_s(round(y)) exactly as ``decompress`` computes it, without entropy coding: x_hat (B, 3, H, W)."""
+        gains = self._gains(mode, x.shape[0], x.device)
+        y = self.g_a(x)
+        if gains is not None:
+            y = y * gains[0]
+        y_hat = quantize(y, QuantMode.ROUND)
+        with decoder_threads():
+            return self._synthesize(y_hat, gains)
+
+    def _synthesize(self, y_hat: Tensor, gains) -> Tensor:
+        if gains is not None:
+            y_hat = y_hat * gains[1]
+        return self.g_s(y_hat)
+
+    def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None) -> Tensor:
         z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
         psi = self.h_s(z_hat)
         if self.config.context == "checkerboard":
             y_hat = self._code_checkerboard(psi, None, streams[1:])
         else:
             y_hat = self._code_serial(psi, None, streams[1:])
-        gains = self._gains(mode, 1, psi.device)
-        if gains is not None:
-            y_hat = y_hat * gains[1]
-        return self.g_s(y_hat)
+        return self._synthesize(y_hat, self._gains(mode, 1, psi.device))
 
     def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
         """Encode (y_sym given: returns two streams) or decode (returns y_hat).

@@ -1,0 +1,392 @@
+"""Command-line tools ``lic-encode`` (encode.py) and ``lic-decode`` (decode.py).
+
+    lic-encode INPUT [-o OUT] [-q MODE] [--model ID] [--checkpoint PATH] [-v | --quiet] [--max-pixels N]
+    lic-decode INPUT [-o OUT] [--checkpoint PATH] [-v | --quiet] [--max-pixels N]
+
+INPUT or OUT may be ``-`` for stdin / stdout (with INPUT ``-``, ``-o`` is
+required).  The default OUT is INPUT with its extension replaced by ``.lic``
+(encode) or ``.png`` (decode); decode writes the format named by OUT's
+extension (PNG for stdout).  A ``.lic`` file names its model and mode, so
+decode needs no options.  ``--checkpoint`` (or the environment variable
+``LIC_CHECKPOINT``) uses the weights in that file instead of the shipped ones.
+
+stdout carries data only.  The tools are quiet by default; ``-v`` prints one
+summary line on stderr (the time is wall time after argument parsing,
+model loading included).  Notes about input conversions (alpha dropped,
+16-bit reduced, ...) are printed on stderr as ``lic: note: ...`` unless
+``--quiet``.
+
+Output is written to a temporary file beside OUT and renamed into place, so
+a failed run never leaves a partial or truncated OUT behind.
+
+Exit status:
+    0  success
+    1  runtime failure: missing or bad weights, cannot write the output,
+       missing output directory, unexpected error
+    2  usage error: bad arguments, unknown mode or model, output would
+       overwrite the input, unknown output image extension
+    3  invalid or corrupt input: unreadable or unsupported image, not a
+       .lic file, corrupt .lic file, a .lic file these weights cannot decode
+
+Errors are one line on stderr, ``lic-encode: error: ...``; set LIC_DEBUG=1
+for a traceback.  Heavy modules (torch, the model) are imported only when
+needed, so ``--help`` and ``--version`` are fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, NoReturn, Sequence
+
+from lic import __version__
+
+__all__ = ["encode_main", "decode_main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+
+_EPILOG = """\
+exit status:
+  0  success
+  1  runtime failure (missing or bad weights, cannot write output, unexpected error)
+  2  usage error (bad arguments, unknown mode or model, output would overwrite input)
+  3  invalid or corrupt input
+
+environment:
+  LIC_CHECKPOINT  weights to use when --checkpoint is not given
+  LIC_DEBUG=1     print a traceback on errors
+"""
+
+
+class _Exit(Exception):
+    """Stop with an exit code and a one-line message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _one_line(e: BaseException | str) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    # Library messages carry a "lic: " prefix of their own; the tool prints its name.
+    return text[5:] if text.startswith("lic: ") else text
+
+
+@dataclass(frozen=True)
+class _Common:
+    """Options shared by both tools, after validation."""
+
+    input: str
+    output: str
+    checkpoint: str | None
+    verbose: bool
+    quiet: bool
+    max_pixels: int | None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid positive integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid mode: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"invalid mode: {text!r}")
+    return value
+
+
+def _parser(prog: str, description: str, default_ext: str,
+            extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", metavar="INPUT", help="input file, or - for stdin")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help=f"output file, or - for stdout (default: INPUT with {default_ext})")
+    if extra is not None:
+        extra(p)
+    p.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="weights file (.safetensors or training .ckpt); default: $LIC_CHECKPOINT, "
+                        "else the shipped weights")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="print a summary line on stderr")
+    talk.add_argument("--quiet", action="store_true", help="do not print notes on stderr")
+    p.add_argument("--max-pixels", metavar="N", type=_positive_int, default=None,
+                   help="refuse images with more than N pixels (default 16384*16384)")
+    p.add_argument("-V", "--version", action="version", version=f"lic {__version__}")
+    return p
+
+
+def _parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    try:
+        return p.parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a usage error (2): return, don't exit
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+        raise _Exit(code, "") from None
+
+
+def _usage(p: argparse.ArgumentParser, message: str) -> NoReturn:
+    p.print_usage(sys.stderr)
+    raise _Exit(EXIT_USAGE, message)
+
+
+def _common(p: argparse.ArgumentParser, args: argparse.Namespace, default_ext: str) -> _Common:
+    src: str = args.input
+    if args.output is not None:
+        out: str = args.output
+    elif src == "-":
+        _usage(p, "-o OUT is required when INPUT is - (stdin)")
+    else:
+        root, ext = os.path.splitext(src)
+        out = (root if ext else src) + default_ext
+    if out == "":
+        _usage(p, "empty output path")
+    if out != "-" and src != "-" and _same_file(src, out):
+        _usage(p, f"output {out!r} is the input file; choose another with -o")
+    if out == "-" and sys.stdout.isatty():
+        _usage(p, "refusing to write binary data to a terminal; redirect stdout or use -o")
+    if out != "-":
+        directory = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(directory):
+            raise _Exit(EXIT_FAILURE, f"output directory {directory!r} does not exist")
+    checkpoint = args.checkpoint or os.environ.get("LIC_CHECKPOINT") or None
+    return _Common(input=src, output=out, checkpoint=checkpoint, verbose=args.verbose,
+                   quiet=args.quiet, max_pixels=args.max_pixels)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _limits(max_pixels: int | None):
+    from lic.container import Limits
+
+    return Limits() if max_pixels is None else Limits(max_pixels=max_pixels)
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        name = "stdin" if path == "-" else repr(path)
+        raise _Exit(EXIT_BAD_INPUT, f"cannot read {name}: {e.strerror or _one_line(e)}") from None
+
+
+def _write_output(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Write via ``write(file)`` to stdout, or to a temp file in path's directory renamed onto path."""
+    if path == "-":
+        try:
+            write(sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            # Nobody is reading; keep Python from complaining again at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise _Exit(EXIT_FAILURE, "cannot write to stdout: broken pipe") from None
+        except OSError as e:
+            raise _Exit(EXIT_FAILURE, f"cannot write to stdout: {e.strerror or _one_line(e)}") from None
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
+        raise
+
+
+def _display(path: str, stdio: str) -> str:
+    return stdio if path == "-" else path
+
+
+def _run(prog: str, body: Callable[[], int]) -> int:
+    debug = os.environ.get("LIC_DEBUG") == "1"
+    try:
+        with warnings.catch_warnings():
+            if not debug and not sys.warnoptions:
+                # Library chatter (e.g. torch deprecations) would break "one line on stderr";
+                # lic.io turns image decoder warnings into notes by itself.
+                warnings.simplefilter("ignore")
+            return body()
+    except _Exit as e:
+        if str(e):
+            cause = e.__cause__ or e.__context__
+            if debug and cause is not None:
+                traceback.print_exception(cause)
+            print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, unless LIC_DEBUG=1
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: unexpected {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _load_weights_errors():
+    from lic.weights import UnknownModeError, WeightsError
+
+    return UnknownModeError, WeightsError
+
+
+# ---------------------------------------------------------------------------- encode
+
+
+def encode_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lic-encode``; returns the exit status."""
+    prog = "lic-encode"
+
+    def body() -> int:
+        from lic.container import MODEL_IDS
+
+        def extra(p: argparse.ArgumentParser) -> None:
+            p.add_argument("-q", "--quality", metavar="MODE", type=_finite_float, default=None,
+                           help="compression mode: higher is better quality and larger; variable-rate "
+                                "models accept fractional modes (default: lic.weights.DEFAULT_MODE)")
+            p.add_argument("--model", metavar="ID", default=None,
+                           help="model name or number: "
+                                + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items()))
+
+        p = _parser(prog, "Compress an image into a .lic file.", ".lic", extra)
+        args = _parse(p, argv)
+        model: str | None = None
+        if args.model is not None:
+            model = MODEL_IDS.get(int(args.model)) if args.model.isdigit() else args.model
+            if model not in MODEL_IDS.values():
+                _usage(p, f"unknown model {args.model!r} (choose from "
+                          + ", ".join(MODEL_IDS.values()) + ")")
+        opts = _common(p, args, ".lic")
+        start = time.perf_counter()
+
+        from lic.io import InputError, read_image
+
+        limits = _limits(opts.max_pixels)
+        try:
+            source = _read_bytes(opts.input) if opts.input == "-" else opts.input
+            image = read_image(source, limits=limits)
+        except InputError as e:
+            raise _Exit(EXIT_BAD_INPUT, _one_line(e)) from e
+        if not opts.quiet:
+            for note in image.notes:
+                print(f"lic: note: {note}", file=sys.stderr)
+
+        UnknownModeError, WeightsError = _load_weights_errors()
+        from lic.container import FormatError
+        from lic.weights import load_model
+
+        try:
+            loaded = load_model(mode=args.quality, model=model, checkpoint=opts.checkpoint)
+        except UnknownModeError as e:
+            raise _Exit(EXIT_USAGE, _one_line(e)) from e
+        except WeightsError as e:
+            raise _Exit(EXIT_FAILURE, _one_line(e)) from e
+        if model is not None and loaded.name != model:
+            raise _Exit(EXIT_USAGE, f"the checkpoint holds model {loaded.name}, not {model}")
+
+        from lic.codec import encode_image
+
+        try:
+            data = encode_image(loaded, image.pixels)
+        except FormatError as e:
+            raise _Exit(EXIT_BAD_INPUT, _one_line(e)) from e
+        _write_output(opts.output, lambda f: f.write(data))
+
+        if opts.verbose:
+            h, w = image.pixels.shape[:2]
+            print(f"{_display(opts.input, '<stdin>')} -> {_display(opts.output, '<stdout>')}: "
+                  f"{w}x{h}, {len(data) / 1024:.1f} KiB, {8 * len(data) / (h * w):.3f} bpp, "
+                  f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
+        return EXIT_OK
+
+    return _run(prog, body)
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+def decode_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lic-decode``; returns the exit status."""
+    prog = "lic-decode"
+
+    def body() -> int:
+        p = _parser(prog, "Decompress a .lic file into an image (PNG unless OUT's extension says "
+                          "otherwise).", ".png")
+        args = _parse(p, argv)
+        opts = _common(p, args, ".png")
+
+        from lic.io import output_format
+
+        try:
+            fmt = output_format("out.png" if opts.output == "-" else opts.output)
+        except ValueError as e:
+            _usage(p, _one_line(e))
+        start = time.perf_counter()
+
+        from lic import container
+
+        limits = _limits(opts.max_pixels)
+        data = _read_bytes(opts.input)
+        try:
+            container.unpack(data, limits)  # cheap: reject bad files before loading any model
+        except container.FormatError as e:
+            raise _Exit(EXIT_BAD_INPUT, _one_line(e)) from e
+
+        UnknownModeError, WeightsError = _load_weights_errors()
+        from lic.codec import decode_image
+        from lic.io import write_image
+
+        try:
+            pixels = decode_image(data, checkpoint=opts.checkpoint, limits=limits)
+        except container.FormatError as e:  # CodecError included
+            raise _Exit(EXIT_BAD_INPUT, _one_line(e)) from e
+        except WeightsError as e:
+            raise _Exit(EXIT_FAILURE, _one_line(e)) from e
+        _write_output(opts.output, lambda f: write_image(f, pixels, format=fmt))
+
+        if opts.verbose:
+            h, w = pixels.shape[:2]
+            print(f"{_display(opts.input, '<stdin>')} -> {_display(opts.output, '<stdout>')}: "
+                  f"{w}x{h}, {time.perf_counter() - start:.2f} s", file=sys.stderr)
+        return EXIT_OK
+
+    return _run(prog, body)

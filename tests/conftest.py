@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny untrained models (entropy tables updated) and small images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KODAK = SHARED / "data" / "kodak"
+
+
+def tiny_net(context: str = "checkerboard", num_modes: int = 1, N: int = 8, seed: int = 0):
+    from lic.models import Cheng2020GMM, ModelConfig
+
+    torch.manual_seed(seed)
+    net = Cheng2020GMM(ModelConfig(N=N, context=context, num_modes=num_modes)).eval()
+    net.update(force=True)
+    return net
+
+
+@pytest.fixture(scope="session")
+def kodak_crop() -> np.ndarray:
+    """A 256x256 crop of a real photo (kodim05), or a smooth synthetic image when ../shared is absent."""
+    path = KODAK / "kodim05.png"
+    if path.exists():
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))[:256, :256].copy()
+    yy, xx = np.mgrid[0:256, 0:256]
+    img = np.stack([(xx + yy) / 2, 128 + 100 * np.sin(xx / 9.0), 255 - yy], axis=-1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, size=(max(1, h // 8 + 1), max(1, w // 8 + 1), 3)).astype(np.float64)
+    img = np.kron(base, np.ones((8, 8, 1)))[:h, :w] + rng.normal(0, 6, size=(h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
