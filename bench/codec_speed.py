@@ -1,0 +1,101 @@
+"""Codec speed on Kodak: this codec (checkerboard and serial contexts) against CompressAI's
+cheng2020_attn (N=128, random init after update()), in the same run, seconds per image.
+
+    python bench/codec_speed.py [--images 3] [--N 64] [--threads 2] [--weights shipped|random]
+
+With --weights shipped (default when weights/registry.json has a model) the checkerboard
+row uses the shipped default model; otherwise random-init models of width N are timed.
+Times include entropy coding and the container, not model loading; bpp is real file bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lic import codec, io  # noqa: E402
+from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
+
+
+def timed(fn, *a):
+    t = time.perf_counter()
+    out = fn(*a)
+    return out, time.perf_counter() - t
+
+
+def bench_lic(name, net, images, mode):
+    enc, dec, bpp = [], [], []
+    for px in images:
+        data, te = timed(codec.encode_with_net, net, px, mode)
+        out, td = timed(codec.decode_with_net, net, data)
+        enc.append(te), dec.append(td), bpp.append(8 * len(data) / (px.shape[0] * px.shape[1]))
+    return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
+
+
+def bench_compressai(images):
+    from compressai.zoo import cheng2020_attn
+
+    net = cheng2020_attn(quality=3, pretrained=False).eval()   # N=128
+    net.update(force=True)
+    enc, dec, bpp = [], [], []
+    for px in images:
+        x = codec.pad(io.to_tensor(px))
+        with torch.no_grad():
+            c, te = timed(net.compress, x)
+            _, td = timed(net.decompress, c["strings"], c["shape"])
+        nbytes = sum(len(s[0]) for s in c["strings"])
+        enc.append(te), dec.append(td), bpp.append(8 * nbytes / (px.shape[0] * px.shape[1]))
+    return "compressai cheng2020_attn N=128 (random init)", statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=3)
+    ap.add_argument("--N", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mode", type=float, default=3.0)
+    ap.add_argument("--weights", choices=["shipped", "random"], default=None)
+    ap.add_argument("--skip-serial", action="store_true")
+    ap.add_argument("--skip-compressai", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    kodak = sorted((REPO.parent / "shared" / "data" / "kodak").glob("*.png"))[: args.images]
+    images = [io.read_image(p).pixels for p in kodak]
+    print(f"{len(images)} Kodak images, torch threads {args.threads}, {torch.__version__}")
+
+    rows = []
+    from lic.weights import read_registry, load_model
+    use_shipped = args.weights == "shipped" or (args.weights is None and read_registry())
+    if use_shipped:
+        loaded = load_model(mode=args.mode)
+        rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} mode {args.mode:g}",
+                              loaded.net, images, args.mode))
+        torch.manual_seed(0)
+    for ctx in ("checkerboard",) + (() if args.skip_serial else ("serial",)):
+        if use_shipped and ctx == "checkerboard":
+            continue
+        torch.manual_seed(0)
+        net = Cheng2020GMM(ModelConfig(N=args.N, context=ctx)).eval()
+        net.update(force=True)
+        rows.append(bench_lic(f"lic {ctx} N={args.N} (random init)", net, images, 1.0))
+    if not args.skip_compressai:
+        rows.append(bench_compressai(images))
+    ref = rows[-1] if not args.skip_compressai else None
+    print(f"{'codec':58s} {'enc s':>7s} {'dec s':>7s} {'bpp':>7s} {'enc x':>7s} {'dec x':>7s}")
+    for name, te, td, b in rows:
+        ex = f"{ref[1] / te:7.1f}" if ref else "      -"
+        dx = f"{ref[2] / td:7.1f}" if ref else "      -"
+        print(f"{name:58s} {te:7.3f} {td:7.3f} {b:7.3f} {ex} {dx}")
+    print("x = speed-up over the CompressAI row (higher is faster)")
+
+
+if __name__ == "__main__":
+    main()
