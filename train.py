@@ -4,6 +4,7 @@ Configs live in configs/ (Hydra); every run writes its resolved config, checkpoi
 logs into its own folder under logs/.  Resume with ckpt_path=.../checkpoints/last.ckpt.
 """
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -20,4 +21,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from lic.training.overrides import quote_numeric_choices
+
+    # Hydra reads quality=3 as an int and refuses it for a config group: quote such numbers
+    sys.argv = quote_numeric_choices(sys.argv, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
     main()

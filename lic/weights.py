@@ -137,7 +137,7 @@ def load_lightning_checkpoint(path: str | Path) -> Cheng2020GMM:
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
         config = ModelConfig.from_dict(json.loads(ckpt["lic_model_config"]))
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        state = {k[4:].replace("_orig_mod.", "", 1): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     except FileNotFoundError:
         raise WeightsError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001

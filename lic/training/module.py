@@ -17,6 +17,9 @@ import torch
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
 from lic.training.losses import rate_distortion_loss
 
+# the entropy bottleneck's coding tables: empty until update(), sized by it
+_TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
+
 
 class LitCodec(L.LightningModule):
     def __init__(self, model: dict, lmbda: float | None = 0.0067, lr: float = 1e-4, aux_lr: float = 1e-3,
@@ -32,6 +35,10 @@ class LitCodec(L.LightningModule):
         elif lmbda is None:
             raise ValueError("a single-rate model needs lmbda")
         self._t_last = None
+        # training facts written into every checkpoint ("lic_train_stats"), carried across resumes
+        self._stats_base = {"images_seen": 0, "pixels_seen": 0, "train_seconds": 0.0, "counted_from_step": 0}
+        self._seg_images = self._seg_pixels = 0   # this session (since the start or the resume)
+        self._seg_t0: float | None = None
 
     # the 0-based modes validated for a variable-rate model (default: lowest, middle, highest)
     def _val_modes(self) -> list[float | None]:
@@ -45,6 +52,9 @@ class LitCodec(L.LightningModule):
 
     def training_step(self, x, batch_idx):
         B = x.shape[0]
+        ws = self._trainer.world_size if self._trainer is not None else 1   # every rank sees a batch
+        self._seg_images += B * ws
+        self._seg_pixels += B * x.shape[-2] * x.shape[-1] * ws
         if self.config.num_modes > 1:
             mode = torch.randint(0, self.config.num_modes, (B,), device=x.device)  # one mode per image
             lmbda = self.lmbdas[mode]
@@ -108,5 +118,59 @@ class LitCodec(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, lambda step: 1.0])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Size the entropy coder's tables like the checkpoint's before loading (resume, load_from_checkpoint).
+
+        The tables (``_quantized_cdf``, ``_offset``, ``_cdf_length``) are empty until ``net.update()``
+        (called by the real-bitstream validation), so a checkpoint saved after a validation has them
+        and a fresh module does not: a plain ``load_state_dict`` fails on their shapes.  (Cheng2020GMM's
+        own load_state_dict does this through CompressAI, but Lightning loads the LightningModule.)
+        """
+        for name, buf in list(self.named_buffers()):
+            if name.rsplit(".", 1)[-1] in _TABLES and name in state_dict and state_dict[name].shape != buf.shape:
+                module_name, attr = name.rsplit(".", 1)
+                module = self.get_submodule(module_name)
+                module._buffers[attr] = torch.empty_like(state_dict[name], device=buf.device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def on_train_start(self):
+        self._seg_t0 = time.perf_counter()
+
+    def train_stats(self) -> dict:
+        """Training facts so far, across resumes: what ``lic_train_stats`` holds in a checkpoint."""
+        base = self._stats_base
+        elapsed = time.perf_counter() - self._seg_t0 if self._seg_t0 is not None else 0.0
+        trainer = self._trainer
+        return {"steps": int(trainer.global_step) if trainer is not None else 0,
+                "images_seen": int(base["images_seen"] + self._seg_images),
+                "pixels_seen": int(base["pixels_seen"] + self._seg_pixels),
+                "train_seconds": round(float(base["train_seconds"]) + elapsed, 3),
+                "device": _device_name(self.device),
+                "world_size": int(trainer.world_size) if trainer is not None else 1,
+                # > 0: a checkpoint from before these stats existed was resumed; the counts before
+                # this step are estimates (steps x batch) and its training time is not included
+                "counted_from_step": int(base.get("counted_from_step", 0))}
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lic_model_config"] = json.dumps(self.config.to_dict())
+        checkpoint["lic_train_stats"] = self.train_stats()
+
+    def on_load_checkpoint(self, checkpoint):
+        from lic.export import checkpoint_train_stats
+
+        stats = checkpoint_train_stats(checkpoint)
+        self._stats_base = {"images_seen": stats["images_seen"] or 0, "pixels_seen": stats["pixels_seen"] or 0,
+                            "train_seconds": stats["train_seconds"] or 0.0,
+                            "counted_from_step": stats["counted_from_step"]}
+        self._seg_images = self._seg_pixels = 0
+        self._seg_t0 = None
+
+
+def _device_name(device: torch.device) -> str:
+    """The device for the stats: cpu, or cuda:<GPU name> (the card, not its index)."""
+    if device.type == "cuda":
+        try:
+            return f"cuda:{torch.cuda.get_device_name(device)}"
+        except Exception:  # noqa: BLE001
+            return "cuda"
+    return device.type

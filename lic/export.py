@@ -1,0 +1,246 @@
+"""Export a Lightning training checkpoint to inference weights, and register them.
+
+    python -m lic.export CKPT -o weights/NAME.safetensors [--half] [--register] [--default] [--mode Q]
+
+* loads ``CKPT`` with ``torch.load(weights_only=True)`` (no code from the file runs), keeps the
+  model's weights (``net.*``), refuses non-finite ones;
+* writes ``OUT`` with :func:`lic.weights.export`: entropy tables updated, safetensors, float32
+  (``--half``: float16 weights, entropy tables exact), the model config and the training facts in
+  the file's metadata;
+* prints the registry entry (JSON) on stdout: name, file, sha256, fingerprint, modes, config,
+  ``trained`` and ``default``;
+* ``--register`` appends the entry to ``registry.json`` in OUT's folder, or replaces the entry
+  for the same file name (create the registry if missing).  ``--default`` makes it the default
+  model and clears the flag on the others; without it a replaced entry keeps its flag and a new
+  one is not the default.  ``lic.weights`` reads the registry in ``weights/`` (or
+  ``$LIC_WEIGHTS_DIR``): export there for ``encode.py`` / ``decode.py`` to find the model.
+
+Training facts (``trained``): ``steps``, ``images_seen``, ``pixels_seen``, ``train_seconds``,
+``device``, ``world_size`` come from the checkpoint's ``lic_train_stats`` (written by
+``LitCodec.on_save_checkpoint``).  A checkpoint from before those stats existed gets estimates
+(images = steps x batch size, pixels = images x crop^2, one process) and ``"estimated": true``;
+``counted_from_step`` > 0 means the run was resumed from such a checkpoint, so the counts before
+that step are estimates and ``train_seconds`` misses the time before it.
+
+A single-rate model is registered under one compression mode (``--mode``; by default the
+quality whose lambda the run used, see configs/quality/, else 1), so that
+``lic.weights.load_model(mode=Q)`` finds the model trained for quality Q.
+
+Exit status: 0 success, 1 failure (unreadable checkpoint, bad weights, cannot write), 2 usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# the paper's lambda for each quality (configs/quality/N.yaml), to name a single-rate model's mode
+QUALITY_LAMBDAS = {1: 0.0016, 2: 0.0032, 3: 0.0075, 4: 0.015, 5: 0.03, 6: 0.045}
+
+_STATS_KEYS = ("steps", "images_seen", "pixels_seen", "train_seconds", "device", "world_size", "counted_from_step")
+
+
+class ExportError(RuntimeError):
+    """The checkpoint cannot be exported (unreadable, not a lic checkpoint, bad weights)."""
+
+
+def checkpoint_train_stats(ckpt: dict) -> dict:
+    """The training facts of a loaded Lightning checkpoint (``lic_train_stats`` or estimates).
+
+    Always has the keys of ``_STATS_KEYS`` plus ``estimated`` (bool); unknown values are None
+    (``train_seconds`` and ``device`` of a checkpoint that predates the stats).
+    """
+    steps = int(ckpt.get("global_step") or 0)
+    stats = ckpt.get("lic_train_stats")
+    if isinstance(stats, dict):
+        out = {k: stats.get(k) for k in _STATS_KEYS}
+        out["steps"] = int(stats.get("steps", steps))
+        out["counted_from_step"] = int(stats.get("counted_from_step") or 0)
+        out["estimated"] = out["counted_from_step"] > 0
+        return out
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    batch, crop = dm.get("batch_size"), dm.get("crop")
+    images = steps * int(batch) if batch else 0
+    pixels = images * int(crop) ** 2 if crop else 0
+    return {"steps": steps, "images_seen": images, "pixels_seen": pixels, "train_seconds": None,
+            "device": None, "world_size": None, "counted_from_step": steps, "estimated": True}
+
+
+def trained_facts(ckpt: dict, source: str | Path | None = None) -> dict:
+    """What the registry records under ``trained``: the stats plus the run's settings."""
+    facts = checkpoint_train_stats(ckpt)
+    hp = ckpt.get("hyper_parameters") or {}
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    model = hp.get("model") or {}
+    facts["epochs"] = int(ckpt.get("epoch") or 0)
+    facts["batch_size"] = dm.get("batch_size")
+    facts["crop"] = dm.get("crop")
+    if (model.get("num_modes") or 1) > 1:
+        facts["lambdas"] = list(model.get("lmbdas") or [])
+    else:
+        facts["lambda"] = hp.get("lmbda")
+    for k in ("lr", "lr_milestones"):
+        if k in hp:
+            facts[k] = list(hp[k]) if isinstance(hp[k], (list, tuple)) else hp[k]
+    if source is not None:
+        facts["checkpoint"] = Path(source).name
+    if ckpt.get("pytorch-lightning_version"):
+        facts["lightning_version"] = ckpt["pytorch-lightning_version"]
+    return facts
+
+
+def load_training_checkpoint(path: str | Path):
+    """(net, checkpoint dict) from a lic Lightning checkpoint, loaded with weights_only=True."""
+    import torch
+
+    from lic.models.cheng2020 import ModelConfig
+    from lic.weights import WeightsError, _build
+
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ExportError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is one clear error
+        raise ExportError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "lic_model_config" not in ckpt or "state_dict" not in ckpt:
+        raise ExportError(f"{path}: not a lic training checkpoint (no lic_model_config / state_dict)")
+    try:
+        config = ModelConfig.from_dict(json.loads(ckpt["lic_model_config"]))
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{path}: bad model config in the checkpoint ({type(e).__name__})") from None
+    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    # a torch.compile'd net saves its weights as net._orig_mod.*
+    state = {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ExportError(f"{path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}): refusing to export")
+    try:
+        net = _build(config, state, str(path))
+    except WeightsError as e:
+        raise ExportError(str(e)) from None
+    return net, ckpt
+
+
+def single_rate_mode(ckpt: dict) -> int:
+    """The quality whose lambda a single-rate run used, else 1."""
+    lmbda = (ckpt.get("hyper_parameters") or {}).get("lmbda")
+    if isinstance(lmbda, (int, float)):
+        for q, lq in QUALITY_LAMBDAS.items():
+            if math.isclose(float(lmbda), lq, rel_tol=1e-6):
+                return q
+    return 1
+
+
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False, mode: int | None = None) -> dict:
+    """Write ``out`` from a training checkpoint; returns its registry entry (``default`` False)."""
+    from lic.weights import export
+
+    net, ckpt = load_training_checkpoint(ckpt_path)
+    facts = trained_facts(ckpt, ckpt_path)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # write beside OUT and rename: a failed export never leaves a truncated file under OUT's name
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        entry = export(net, tmp, half=half, extra_meta={"lic_trained": facts})
+        _usual_mode(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    entry["file"] = out.name
+    if net.config.num_modes <= 1:
+        q = single_rate_mode(ckpt) if mode is None else int(mode)
+        if not 1 <= q <= 255:
+            raise ExportError(f"mode {q} is outside 1..255")
+        entry["modes"] = [q]
+    elif mode is not None:
+        raise ExportError("--mode is for single-rate models; a variable-rate model has every mode")
+    entry["half"] = bool(half)
+    entry["trained"] = facts
+    entry["default"] = False
+    return entry
+
+
+def register(entry: dict, registry: str | Path, default: bool = False) -> list[dict]:
+    """Add ``entry`` to ``registry`` (replacing the entry for the same file); returns the models."""
+    registry = Path(registry)
+    models: list[dict] = []
+    if registry.exists():
+        try:
+            models = list(json.loads(registry.read_text())["models"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ExportError(f"{registry}: not a registry ({type(e).__name__}); fix or remove it") from None
+    entry = dict(entry)
+    old = next((i for i, e in enumerate(models) if e.get("file") == entry["file"]), None)
+    entry["default"] = bool(default or (old is not None and models[old].get("default")))
+    if default:
+        for e in models:
+            e["default"] = False
+    if old is None:
+        models.append(entry)
+    else:
+        models[old] = entry
+    text = json.dumps({"models": models}, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=registry.parent)
+    _usual_mode(tmp)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, registry)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return models
+
+
+def _usual_mode(path: str) -> None:
+    """mkstemp makes 0600 files: give the result the permissions of a normally created file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lic.export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help="Lightning checkpoint (.ckpt) of a lic training run")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="weights file to write (.safetensors)")
+    p.add_argument("--half", action="store_true", help="store float weights as float16 (entropy tables stay exact)")
+    p.add_argument("--register", action="store_true", help="add or replace the entry in registry.json beside OUT")
+    p.add_argument("--default", action="store_true", help="with --register: make this the default model")
+    p.add_argument("--mode", type=int, default=None,
+                   help="single-rate models: the compression mode to register (default: from lambda)")
+    args = p.parse_args(argv)
+    if args.default and not args.register:
+        p.error("--default needs --register")
+    out = Path(args.output)
+    if out.suffix != ".safetensors":
+        p.error(f"OUT must end in .safetensors: {out}")
+    if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
+        p.error("OUT is the checkpoint")
+    try:
+        entry = export_checkpoint(args.checkpoint, out, half=args.half, mode=args.mode)
+        if args.register:
+            from lic.weights import weights_dir
+
+            registry = out.parent / "registry.json"
+            models = register(entry, registry, default=args.default)
+            entry = next(e for e in models if e["file"] == entry["file"])
+            if out.parent.resolve() != weights_dir().resolve():
+                print(f"lic.export: note: registered in {registry}; encode/decode read "
+                      f"{weights_dir()}/registry.json (set LIC_WEIGHTS_DIR={out.parent})", file=sys.stderr)
+    except (ExportError, OSError) as e:
+        print(f"lic.export: error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(entry, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
