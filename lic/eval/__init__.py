@@ -1,0 +1,46 @@
+"""Evaluation: metrics, classical baselines, BD-rate, RD plots and the harness.
+
+Submodules: :mod:`~lic.eval.metrics`, :mod:`~lic.eval.baselines`,
+:mod:`~lic.eval.bdrate`, :mod:`~lic.eval.plot` (matplotlib), :mod:`~lic.eval.runner`
+(``python -m lic.eval.runner --help``).  The names below are imported lazily, so
+``import lic.eval`` stays cheap and ``python -m lic.eval.runner`` runs cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "available_baselines": "baselines",
+    "NoOverlapError": "bdrate",
+    "bd_psnr": "bdrate",
+    "bd_rate": "bdrate",
+    "bd_table": "bdrate",
+    "ImageQuality": "metrics",
+    "RDCurve": "metrics",
+    "bpp": "metrics",
+    "compare": "metrics",
+    "ms_ssim": "metrics",
+    "psnr": "metrics",
+    "Codec": "runner",
+    "EvalResult": "runner",
+    "ImageRecord": "runner",
+    "aggregate": "runner",
+    "evaluate": "runner",
+    "resolve_dataset": "runner",
+    "run_codecs": "runner",
+    "shared_dir": "runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lic.eval.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lic.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

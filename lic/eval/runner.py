@@ -1,0 +1,523 @@
+"""Evaluation harness: encode every image with every codec at every setting.
+
+A *codec* is any object with
+
+* ``name: str`` (unique; used as curve label and file name),
+* ``settings: Sequence`` (one RD point per setting, e.g. JPEG qualities or the
+  learned codec's compression modes),
+* ``encode(pixels: np.ndarray, setting) -> bytes``: pixels are uint8 (H, W, 3);
+  the return value is the *whole* file (bpp counts every byte of it),
+* ``decode(data: bytes) -> np.ndarray``: back to uint8 (H, W, 3) of the same size,
+* optionally ``description: str``.
+
+For each (image, codec, setting) the harness records bytes, bpp, PSNR, MS-SSIM and
+encode / decode wall-clock seconds (:class:`ImageRecord`); per setting it averages
+over images (CompressAI convention: per-image PSNR, then the mean) into an
+:class:`~lic.eval.metrics.RDCurve`.  :func:`evaluate` can write, into one folder:
+
+* ``per_image.csv``: one row per (codec, setting, image),
+* ``<codec>.json``: CompressAI's results schema, one file per codec,
+* ``rd_psnr.{png,svg}``, ``rd_msssim.{png,svg}``: RD plots (published curves dashed),
+* ``bd_rate.md`` / ``bd_rate.json``: BD-rates of each curve vs JPEG and vs each other.
+
+Command line::
+
+    python -m lic.eval.runner --dataset kodak --codecs jpeg,webp,jpeg2000,avif \\
+        --out outputs/eval/baselines
+
+Datasets: ``kodak``, ``standard`` (``<repo>/../shared/data/<name>``), or any folder or
+image file path (:func:`resolve_dataset`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence, Union, runtime_checkable
+
+import numpy as np
+
+from lic.eval.bdrate import BDTable, bd_table
+from lic.eval.metrics import RDCurve, ms_ssim, psnr
+
+__all__ = [
+    "Codec",
+    "EvalResult",
+    "ImageRecord",
+    "aggregate",
+    "evaluate",
+    "read_pixels",
+    "reference_dir",
+    "repo_root",
+    "resolve_dataset",
+    "run_codecs",
+    "shared_dir",
+    "write_outputs",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What the harness needs of a codec (structural: no base class required)."""
+
+    name: str
+    settings: Sequence[Any]
+
+    def encode(self, pixels: np.ndarray, setting: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def repo_root() -> Path:
+    """The repository root (the folder that holds ``lic/``)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shared_dir() -> Path:
+    """``<repo>/../shared`` (override with the ``LIC_SHARED_DIR`` environment variable).
+
+    Falls back to ``<cwd>/../shared``; returns the repo-relative path even when it does
+    not exist, so callers can test ``.is_dir()`` and skip.
+    """
+    env = os.environ.get("LIC_SHARED_DIR")
+    if env:
+        return Path(env)
+    candidates = [repo_root().parent / "shared", Path.cwd().resolve().parent / "shared"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return candidates[0]
+
+
+def reference_dir() -> Path:
+    """``<shared>/reference/kodak``: the published Kodak RD curves."""
+    return shared_dir() / "reference" / "kodak"
+
+
+def resolve_dataset(spec: str | Path) -> list[Path]:
+    """Image files of a dataset: ``kodak``, ``standard``, a folder, or one image file.
+
+    Named datasets live in ``<shared>/data/<name>``.  Folders are listed (not
+    recursively), images sorted by name.  Raises ``FileNotFoundError`` when nothing
+    is found.
+    """
+    s = str(spec)
+    if s in ("kodak", "standard"):
+        folder = shared_dir() / "data" / s
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"dataset {s!r} expected at {folder} (set LIC_SHARED_DIR or see "
+                "shared/data/README.md for where to download it)"
+            )
+    else:
+        folder = Path(s).expanduser()
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such dataset, folder or image: {s}")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def read_pixels(path: str | Path) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB: ``lic.io.read_image`` if present, else Pillow."""
+    try:
+        from lic.io import read_image  # type: ignore[import-not-found]
+    except ModuleNotFoundError as e:
+        if e.name not in ("lic.io", "lic"):
+            raise
+        read_image = None
+    if read_image is not None:
+        return np.asarray(read_image(path).pixels)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class ImageRecord:
+    """One image coded by one codec at one setting."""
+
+    codec: str
+    setting: Any
+    image: str
+    width: int
+    height: int
+    bytes: int
+    bpp: float
+    psnr: float
+    ms_ssim: float
+    encode_seconds: float
+    decode_seconds: float
+
+
+ImageSpec = Union[str, Path, tuple[str, np.ndarray]]
+
+
+def _center_crop(pixels: np.ndarray, size: int | None) -> np.ndarray:
+    if not size:
+        return pixels
+    h, w = pixels.shape[:2]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return np.ascontiguousarray(pixels[top : top + ch, left : left + cw])
+
+
+def _load_images(images: Iterable[ImageSpec], crop: int | None) -> list[tuple[str, np.ndarray]]:
+    out = []
+    for spec in images:
+        if isinstance(spec, tuple):
+            name, pixels = spec
+            pixels = np.asarray(pixels)
+        else:
+            name, pixels = Path(spec).stem, read_pixels(spec)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"{name}: expected uint8 HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
+        out.append((str(name), _center_crop(pixels, crop)))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"image names must be unique: {names}")
+    return out
+
+
+def run_codecs(
+    images: Iterable[ImageSpec],
+    codecs: Sequence[Any],
+    *,
+    with_ms_ssim: bool = True,
+    progress: bool = True,
+    crop: int | None = None,
+) -> list[ImageRecord]:
+    """Encode / decode every image with every codec at every setting; one record each.
+
+    ``images``: paths, or ``(name, pixels)`` pairs.  ``crop``: centre-crop each image
+    to at most ``crop`` x ``crop`` first (for quick runs).
+    """
+    from tqdm import tqdm
+
+    loaded = _load_images(images, crop)
+    names = [c.name for c in codecs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"codec names must be unique: {names}")
+    total = len(loaded) * sum(len(c.settings) for c in codecs)
+    records: list[ImageRecord] = []
+    with tqdm(total=total, disable=not progress, unit="img", dynamic_ncols=True) as bar:
+        for codec in codecs:
+            for setting in codec.settings:
+                bar.set_description(f"{codec.name} @ {setting}")
+                for name, pixels in loaded:
+                    t0 = time.perf_counter()
+                    data = codec.encode(pixels, setting)
+                    t1 = time.perf_counter()
+                    rec = codec.decode(bytes(data))
+                    t2 = time.perf_counter()
+                    rec = np.asarray(rec)
+                    if rec.shape != pixels.shape or rec.dtype != np.uint8:
+                        raise ValueError(
+                            f"{codec.name} @ {setting} on {name}: decoded {rec.dtype} "
+                            f"{rec.shape}, expected uint8 {pixels.shape}"
+                        )
+                    h, w = pixels.shape[:2]
+                    records.append(
+                        ImageRecord(
+                            codec=codec.name,
+                            setting=setting,
+                            image=name,
+                            width=int(w),
+                            height=int(h),
+                            bytes=len(data),
+                            bpp=8.0 * len(data) / (h * w),
+                            psnr=psnr(pixels, rec),
+                            ms_ssim=ms_ssim(pixels, rec) if with_ms_ssim else math.nan,
+                            encode_seconds=t1 - t0,
+                            decode_seconds=t2 - t1,
+                        )
+                    )
+                    bar.update(1)
+    return records
+
+
+def aggregate(records: Sequence[ImageRecord], codecs: Sequence[Any] | None = None) -> list[RDCurve]:
+    """One curve per codec, one point per setting: the mean over that setting's images.
+
+    With ``codecs``, curves follow their order, settings follow ``codec.settings`` and
+    descriptions come from ``codec.description``; otherwise order of first appearance.
+    """
+    groups: dict[str, dict[Any, list[ImageRecord]]] = {}
+    for r in records:
+        groups.setdefault(r.codec, {}).setdefault(_setting_key(r.setting), []).append(r)
+    by_name = {c.name: c for c in codecs} if codecs is not None else {}
+    order = [c.name for c in codecs if c.name in groups] if codecs is not None else list(groups)
+    curves = []
+    for cname in order:
+        per_setting = groups[cname]
+        codec = by_name.get(cname)
+        keys = (
+            [_setting_key(s) for s in codec.settings if _setting_key(s) in per_setting]
+            if codec is not None
+            else list(per_setting)
+        )
+        mean = lambda rs, f: float(np.mean([getattr(r, f) for r in rs]))  # noqa: E731
+        curves.append(
+            RDCurve(
+                name=cname,
+                description=str(getattr(codec, "description", cname)) if codec else cname,
+                settings=[per_setting[k][0].setting for k in keys],
+                bpp=[mean(per_setting[k], "bpp") for k in keys],
+                psnr=[mean(per_setting[k], "psnr") for k in keys],
+                ms_ssim=[mean(per_setting[k], "ms_ssim") for k in keys],
+                encoding_time=[mean(per_setting[k], "encode_seconds") for k in keys],
+                decoding_time=[mean(per_setting[k], "decode_seconds") for k in keys],
+            )
+        )
+    return curves
+
+
+def _setting_key(s: Any) -> Any:
+    try:
+        hash(s)
+        return s
+    except TypeError:
+        return repr(s)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def slugify(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "codec"
+
+
+def write_csv(records: Sequence[ImageRecord], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = [f.name for f in fields(ImageRecord)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in records:
+            row = asdict(r)
+            for k in ("bpp", "psnr", "ms_ssim"):
+                row[k] = repr(float(row[k]))
+            for k in ("encode_seconds", "decode_seconds"):
+                row[k] = f"{row[k]:.6f}"
+            w.writerow(row)
+    return path
+
+
+def read_csv(path: str | Path) -> list[ImageRecord]:
+    """Records back from :func:`write_csv` (settings come back as int/float/str)."""
+
+    def parse_setting(s: str) -> Any:
+        for t in (int, float):
+            try:
+                return t(s)
+            except ValueError:
+                pass
+        return s
+
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.append(
+                ImageRecord(
+                    codec=row["codec"],
+                    setting=parse_setting(row["setting"]),
+                    image=row["image"],
+                    width=int(row["width"]),
+                    height=int(row["height"]),
+                    bytes=int(row["bytes"]),
+                    bpp=float(row["bpp"]),
+                    psnr=float(row["psnr"]),
+                    ms_ssim=float(row["ms_ssim"]),
+                    encode_seconds=float(row["encode_seconds"]),
+                    decode_seconds=float(row["decode_seconds"]),
+                )
+            )
+    return out
+
+
+def default_anchor(labels: Sequence[str]) -> str | None:
+    """``JPEG (published)`` if present, else measured ``JPEG``, else the first label."""
+    for want in ("JPEG (published)", "JPEG"):
+        if want in labels:
+            return want
+    return labels[0] if labels else None
+
+
+@dataclass
+class EvalResult:
+    records: list[ImageRecord]
+    curves: list[RDCurve]
+    references: list[RDCurve] = field(default_factory=list)
+    bd: BDTable | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def curve(self, label: str) -> RDCurve:
+        for c in self.curves + self.references:
+            if c.label == label or c.name == label:
+                return c
+        raise KeyError(label)
+
+
+def write_outputs(
+    out_dir: str | Path,
+    records: Sequence[ImageRecord],
+    curves: Sequence[RDCurve],
+    references: Sequence[RDCurve] = (),
+    *,
+    anchor: str | None = None,
+    title: str | None = None,
+) -> tuple[BDTable | None, dict[str, Path]]:
+    """Write CSV, per-codec JSON, RD plots and the BD table into ``out_dir``."""
+    from lic.eval.plot import plot_rd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {"csv": write_csv(records, out / "per_image.csv")}
+    for c in curves:
+        p = out / f"{slugify(c.name)}.json"
+        p.write_text(json.dumps(c.to_compressai_dict(), indent=2, allow_nan=False) + "\n")
+        files[f"json:{c.name}"] = p
+    everything = list(curves) + list(references)
+    suffix = f" - {title}" if title else ""
+    for metric, stem in (("psnr", "rd_psnr"), ("ms-ssim", "rd_msssim")):
+        for p in plot_rd(everything, out / stem, metric=metric,
+                         title=("PSNR" if metric == "psnr" else "MS-SSIM") + " vs rate" + suffix):
+            files[f"{stem}.{p.suffix[1:]}"] = p
+    table = None
+    usable = [c for c in everything if sum(math.isfinite(p) for p in c.psnr) >= 2]
+    if len(usable) >= 2:
+        labels = [c.label for c in usable]
+        table = bd_table(usable, anchor=anchor or default_anchor(labels))
+        files["bd.md"] = out / "bd_rate.md"
+        files["bd.md"].write_text(table.to_markdown())
+        files["bd.json"] = out / "bd_rate.json"
+        files["bd.json"].write_text(table.to_json() + "\n")
+    return table, files
+
+
+def evaluate(
+    images: Iterable[ImageSpec],
+    codecs: Sequence[Any],
+    out_dir: str | Path | None = None,
+    *,
+    references: Sequence[RDCurve] = (),
+    anchor: str | None = None,
+    with_ms_ssim: bool = True,
+    progress: bool = True,
+    crop: int | None = None,
+    title: str | None = None,
+) -> EvalResult:
+    """Run every codec on every image, aggregate, and (with ``out_dir``) write everything.
+
+    ``references``: extra curves drawn and tabulated beside the measured ones (e.g.
+    :func:`lic.eval.plot.load_reference_curves` for Kodak; only meaningful when the
+    images are the same full-size set).  ``anchor``: label of the BD-rate anchor
+    (default "JPEG (published)" if among the curves, else "JPEG").
+    """
+    records = run_codecs(images, codecs, with_ms_ssim=with_ms_ssim, progress=progress, crop=crop)
+    curves = aggregate(records, codecs)
+    result = EvalResult(records=records, curves=curves, references=list(references))
+    if out_dir is not None:
+        result.bd, result.files = write_outputs(
+            out_dir, records, curves, references, anchor=anchor, title=title
+        )
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lic.eval.baselines import available_baselines, baseline_registry
+    from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves
+
+    ap = argparse.ArgumentParser(prog="python -m lic.eval.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="kodak", help="kodak, standard, or a folder / image path")
+    ap.add_argument(
+        "--codecs",
+        default="jpeg,webp,jpeg2000,avif",
+        help=f"comma-separated baselines: {', '.join(baseline_registry())}, 'all' or 'none'",
+    )
+    ap.add_argument("--out", default="outputs/eval/baselines", help="output folder")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
+    ap.add_argument("--crop", type=int, default=None, help="centre-crop images to N x N")
+    ap.add_argument(
+        "--references",
+        default="auto",
+        help="published curves to add: auto (defaults for full Kodak), none, all, or stems",
+    )
+    ap.add_argument(
+        "--curves",
+        nargs="*",
+        default=[],
+        help="earlier measured curves (CompressAI-schema .json, e.g. from another run) to "
+        "draw and tabulate beside these (solid, not 'published')",
+    )
+    ap.add_argument("--anchor", default=None, help="BD-rate anchor label")
+    ap.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for MS-SSIM")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    names = None if args.codecs == "all" else [n for n in args.codecs.split(",") if n]
+    if args.codecs == "none":
+        names = []
+    codecs = available_baselines(names)
+    files = resolve_dataset(args.dataset)
+    if args.limit:
+        files = files[: args.limit]
+    full_kodak = args.dataset == "kodak" and not args.limit and not args.crop
+    if args.references == "none" or (args.references == "auto" and not full_kodak):
+        refs: list[RDCurve] = []
+    elif args.references == "auto":
+        refs = load_reference_curves(DEFAULT_REFERENCES)
+    elif args.references == "all":
+        refs = load_reference_curves(None)
+    else:
+        refs = load_reference_curves(args.references.split(","))
+    refs = [load_curve(p, published=False) for p in args.curves] + refs
+    res = evaluate(
+        files,
+        codecs,
+        args.out,
+        references=refs,
+        anchor=args.anchor,
+        with_ms_ssim=not args.no_ms_ssim,
+        progress=not args.quiet,
+        crop=args.crop,
+        title=f"{args.dataset} ({len(files)} images)",
+    )
+    if res.bd is not None:
+        print(res.bd.to_markdown())
+    for k, p in res.files.items():
+        print(f"{k}: {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
