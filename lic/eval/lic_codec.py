@@ -1,0 +1,68 @@
+"""The learned codec as an evaluation-harness codec: settings are compression modes, and
+``encode`` returns the whole ``.lic`` file, produced by the same code path as ``encode.py``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lic import codec, container
+from lic.weights import LoadedModel, fingerprint, load_checkpoint, load_model, model_id_of, read_registry
+
+
+@dataclass
+class LicCodec:
+    """mode -> model. One variable-rate model serves every mode; a sweep of single-rate models
+    gives one model per mode (the decoder picks by the mode in the file's header)."""
+
+    name: str
+    models: dict[float, LoadedModel]
+    description: str = ""
+    settings: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.settings = self.settings or sorted(self.models)
+
+    def encode(self, pixels: np.ndarray, mode: float) -> bytes:
+        lm = self.models[mode]
+        return codec.encode_with_net(lm.net, pixels, mode if lm.net.config.num_modes > 1 else lm.mode, lm.fingerprint)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        header = container.peek_header(data)
+        lm = next(m for m in self.models.values() if m.fingerprint == header.fingerprint)
+        return codec.decode_with_net(lm.net, data, fp=lm.fingerprint)
+
+    # ------------------------------------------------------------ builders
+    @classmethod
+    def from_checkpoints(cls, paths: Sequence[str | Path], modes: Sequence[float] | None = None,
+                         name: str | None = None) -> "LicCodec":
+        """From training checkpoints (.ckpt) or exported .safetensors: one variable-rate file,
+        or several single-rate files (mode i+1 for the i-th)."""
+        models: dict[float, LoadedModel] = {}
+        for i, p in enumerate(paths):
+            net = load_checkpoint(p)
+            mid = model_id_of(net.config)
+            lm = LoadedModel(net, mid, container.MODEL_IDS[mid], i + 1, 0, fingerprint(net), str(p))
+            if net.config.num_modes > 1:
+                for m in (modes or range(1, net.config.num_modes + 1)):
+                    models[float(m)] = lm
+            else:
+                models[float(modes[i] if modes else i + 1)] = lm
+        label = name or f"lic {models[min(models)].name} N={models[min(models)].net.config.N}"
+        return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}")
+
+    @classmethod
+    def shipped(cls, model: str | None = None, modes: Sequence[float] | None = None,
+                name: str | None = None) -> "LicCodec":
+        """The shipped registry model(s)."""
+        entries = [e for e in read_registry() if (model is None and e.get("default")) or e["name"] == model]
+        if not entries:
+            entries = [e for e in read_registry() if model is None or e["name"] == model][:1]
+        all_modes = sorted({m for e in entries for m in e["modes"]})
+        models = {float(m): load_model(mode=float(m), model=entries[0]["name"] if entries else model)
+                  for m in (modes or all_modes)}
+        first = models[min(models)]
+        label = name or f"lic {first.name} N={first.net.config.N}"
+        return cls(label, models, description=f"lic shipped weights: {first.source}")

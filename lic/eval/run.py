@@ -1,0 +1,85 @@
+"""The body of ``evaluate.py``: the learned codec and the classical ones on real files."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lic.eval.baselines import available_baselines
+from lic.eval.lic_codec import LicCodec
+from lic.eval.plot import DEFAULT_REFERENCES, load_reference_curves, side_by_side_standard
+from lic.eval.runner import EvalResult, evaluate, resolve_dataset
+
+log = logging.getLogger(__name__)
+
+
+def _references(cfg: DictConfig, full_kodak: bool):
+    spec = cfg.references
+    if spec in (None, "none") or (spec == "auto" and not full_kodak):
+        return []
+    if spec == "auto":
+        return load_reference_curves(DEFAULT_REFERENCES)
+    if spec == "all":
+        return load_reference_curves(None)
+    return load_reference_curves(list(spec))
+
+
+def build_codec(cfg: DictConfig) -> LicCodec:
+    m = cfg.model
+    modes = [float(q) for q in m.modes] if m.modes else None
+    if m.checkpoints:
+        return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label)
+    return LicCodec.shipped(m.name, modes, m.label)
+
+
+def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, job_type="eval", dir=str(out), name=f"eval-{cfg.dataset.name}",
+                     config=OmegaConf.to_container(cfg, resolve=True), mode=os.environ["WANDB_MODE"])
+    rows = [[c.label, s, b, p] for c in result.curves for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
+    run.log({"rd_points": wandb.Table(columns=["codec", "setting", "bpp", "psnr"], data=rows)})
+    for key, path in result.files.items():
+        if str(path).endswith(".png"):
+            run.log({key.replace(".png", ""): wandb.Image(str(path))})
+    if result.bd is not None:
+        run.log({"bd_rate_md": wandb.Html(f"<pre>{result.bd.to_markdown()}</pre>")})
+    run.finish()
+
+
+def run(cfg: DictConfig) -> EvalResult:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    files = resolve_dataset(cfg.dataset.path)
+    if cfg.limit:
+        files = files[: int(cfg.limit)]
+    lic_codec = build_codec(cfg)
+    codecs = [lic_codec] + available_baselines(list(cfg.baselines or []))
+    full_kodak = cfg.dataset.name == "kodak" and not cfg.limit and not cfg.crop
+    result = evaluate(files, codecs, out, references=_references(cfg, full_kodak), anchor=cfg.anchor,
+                      with_ms_ssim=cfg.ms_ssim, crop=cfg.crop,
+                      title=f"{cfg.dataset.name} ({len(files)} images)")
+    if cfg.side_by_side.enabled:
+        try:
+            mode = float(cfg.side_by_side.mode)
+            mode = min(lic_codec.settings, key=lambda s: abs(s - mode))
+            for p in side_by_side_standard(lic_codec, mode, out / "side_by_side", names=list(cfg.side_by_side.names)):
+                result.files[f"side_by_side.{p.suffix[1:]}"] = p
+        except FileNotFoundError as e:
+            log.warning("side-by-side figure skipped: %s", e)
+    if result.bd is not None:
+        print(result.bd.to_markdown())
+    for key, path in result.files.items():
+        print(f"{key}: {path}")
+    if cfg.wandb.enabled:
+        _log_wandb(cfg, out, result)
+    return result
