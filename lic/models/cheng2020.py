@@ -62,17 +62,21 @@ from lic.layers import MaskedConv2d, checkerboard_masks
 CONTEXTS = ("checkerboard", "serial")
 
 
+DECODER_THREADS = 2  # a constant of the format's implementation: never derived from the machine
+
+
 @contextmanager
 def decoder_threads():
-    """Run the decoder-side networks (h_s, context, entropy parameters, g_s) on one thread.
+    """Run the decoder-side networks (h_s, context, entropy parameters, g_s) on a FIXED thread count.
 
-    Measured here: with oneDNN convolutions, 1 and 2 threads give results that
-    differ in the last bit, enough to flip an 8-bit pixel now and then or, through
-    the mixture parameters, to desynchronise the entropy decoder. One thread gives
-    the same bits whatever the caller's thread count, in every process.
+    Measured here: oneDNN convolutions give results that differ in the last bit
+    between thread counts, enough to flip an 8-bit pixel now and then or, through
+    the mixture parameters, to desynchronise the entropy decoder. With the same
+    thread count (DECODER_THREADS, whatever the caller set and however many cores
+    the machine has) encoder and decoder compute the same bits in every process.
     """
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(DECODER_THREADS)
     try:
         yield
     finally:
