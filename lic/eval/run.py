@@ -64,7 +64,9 @@ def run(cfg: DictConfig) -> EvalResult:
         files = files[: int(cfg.limit)]
     lic_codec = build_codec(cfg)
     codecs = [lic_codec] + available_baselines(list(cfg.baselines or []))
-    full_kodak = cfg.dataset.name == "kodak" and not cfg.limit and not cfg.crop
+    kodak = Path(cfg.paths.data_dir) / "kodak"
+    full_kodak = (kodak.is_dir() and Path(cfg.dataset.path).resolve() == kodak.resolve()
+                  and not cfg.limit and not cfg.crop)
     result = evaluate(files, codecs, out, references=_references(cfg, full_kodak), anchor=cfg.anchor,
                       with_ms_ssim=cfg.ms_ssim, crop=cfg.crop,
                       title=f"{cfg.dataset.name} ({len(files)} images)")
