@@ -87,7 +87,8 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
         if new:
             f.write("# Zoo progress: Kodak results of exported checkpoints (real bitstreams)\n\n"
                     "Made by `python -m lic.zoo progress CKPT...`; BD-rate (PCHIP) vs the published Pillow JPEG "
-                    "curve (`../shared/reference/kodak/jpeg.json`); bpp / PSNR per mode are means over the images.\n\n"
+                    "curve (`../shared/reference/kodak/jpeg.json`) over the PSNR range both curves cover (in brackets); "
+                    "bpp / PSNR per mode are means over the images.\n\n"
                     "| checkpoint | steps | images seen | pixels seen | compute | images | bpp per mode | PSNR per mode | BD-rate vs JPEG |\n"
                     "|---|---:|---:|---:|---|---:|---|---|---:|\n")
         for ck in ckpts:
@@ -97,16 +98,17 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
             res = evaluate(files, [lc], None, with_ms_ssim=False, progress=False)
             c = res.curves[0]
             bd = bd_rate(jpeg, c)
+            lo, hi = max(min(c.psnr), min(jpeg.psnr)), min(max(c.psnr), max(jpeg.psnr))
             hours = stats.get("train_seconds", float("nan")) / 3600
             f.write(f"| `{ck}` | {stats.get('steps', raw.get('global_step', '?'))} | {stats.get('images_seen', '?')} | "
                     f"{stats.get('pixels_seen', '?'):.3g} | {hours:.2f} h {stats.get('device', '?')} | {len(files)} | "
                     f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
-                    f"{100 * bd:+.1f} % |\n" if isinstance(stats.get('pixels_seen'), (int, float)) else
+                    f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n" if isinstance(stats.get('pixels_seen'), (int, float)) else
                     f"| `{ck}` | {raw.get('global_step', '?')} | ? | ? | ? | {len(files)} | "
                     f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
-                    f"{100 * bd:+.1f} % |\n")
+                    f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n")
             f.flush()
-            print(f"{ck}: BD-rate vs JPEG {100 * bd:+.1f} %, bpp {c.bpp}, PSNR {c.psnr}")
+            print(f"{ck}: BD-rate vs JPEG {bd:+.1f} %, bpp {c.bpp}, PSNR {c.psnr}")
 
 
 def main(argv=None) -> int:
