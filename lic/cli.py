@@ -48,6 +48,11 @@ from typing import BinaryIO, Callable, NoReturn, Sequence
 
 from lic import __version__
 
+# The decoder networks run on a fixed number of threads (lic.models.cheng2020.DECODER_THREADS);
+# OpenMP's default spin-waiting makes that crawl on cores busy with other work. Passive waiting
+# changes timing only, never results.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __all__ = ["encode_main", "decode_main"]
 
 EXIT_OK = 0

@@ -131,7 +131,13 @@ def decode_symbols(decoder, params: CodingParams, lo: int, hi: int) -> np.ndarra
     if hi == lo:
         return out + lo
     for s in _chunks(len(params), hi - lo + 1):
-        out[s] = decoder.decode(_FAMILY, mixture_pmf(params.take(s), lo, hi))
+        try:
+            out[s] = decoder.decode(_FAMILY, mixture_pmf(params.take(s), lo, hi))
+        except (AssertionError, ValueError) as e:
+            # constriction: AssertionError for data that no encoder can have written with these
+            # tables, ValueError for tables that are not distributions (non-finite parameters)
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MixtureStreamError(f"corrupt latent stream ({first.rstrip('.')})") from None
     return out + lo
 
 

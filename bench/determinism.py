@@ -1,0 +1,169 @@
+"""Decoding is bit-identical across thread counts and processes.
+
+    python bench/determinism.py [--images 24] [--modes all] [--checkpoint PATH | --random [--N 64]]
+                                [--crop HxW] [--tile-size T] [--encode-threads 2]
+
+Every Kodak image (``../shared/data/kodak``; synthetic images when absent) is
+encoded at every mode of the model with ``--encode-threads`` torch threads (2)
+and decoded twice: in this process (same thread setting) and in a fresh
+Python process with 1 thread. The pixels of the two decodes are compared
+(sha256 of the arrays), and with the encoder's own reconstruction from
+round(y) (``net.reconstruct``, per tile). Prints identical/total for each.
+
+Model: ``--checkpoint``, else the shipped default (weights/registry.json),
+else (or with ``--random``) a random-init variable-rate model of width --N
+with 6 modes (the shipped configuration).
+"""
+from __future__ import annotations
+
+import os
+
+# Idle OpenMP threads sleep instead of spinning: on a machine whose cores are busy with other work,
+# spinning makes every parallel region of the decoder networks (DECODER_THREADS) wait for a time
+# slice, up to 100x slower. Changes timings only, never results. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+KODAK = REPO.parent / "shared" / "data" / "kodak"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def digest(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+def decode_worker(folder: Path, checkpoint: str) -> None:
+    """Run in the fresh process: decode every .lic in folder with 1 thread, print {name: sha256}."""
+    torch.set_num_threads(1)
+    from lic import codec
+    from lic.weights import load_checkpoint
+
+    net = load_checkpoint(checkpoint)
+    out = {p.name: digest(codec.decode_with_net(net, p.read_bytes())) for p in sorted(folder.glob("*.lic"))}
+    print(json.dumps(out))
+
+
+def images(n: int, crop: tuple[int, int] | None) -> list[tuple[str, np.ndarray]]:
+    from PIL import Image
+
+    paths = sorted(KODAK.glob("kodim*.png"))[:n]
+    if paths:
+        out = [(p.stem, np.array(Image.open(p).convert("RGB"))) for p in paths]
+    else:
+        rng = np.random.default_rng(0)
+        out = []
+        for i in range(n):
+            base = rng.integers(0, 256, size=(65, 97, 3)).astype(np.float64)
+            img = np.kron(base, np.ones((8, 8, 1)))[:512, :768] + rng.normal(0, 6, size=(512, 768, 3))
+            out.append((f"synthetic{i:02d}", np.clip(img, 0, 255).astype(np.uint8)))
+    if crop is not None:
+        out = [(name, np.ascontiguousarray(px[:crop[0], :crop[1]])) for name, px in out]
+    return out
+
+
+def per_tile_reconstruction(net, pixels: np.ndarray, tile_size: int, q) -> np.ndarray:
+    from lic import codec, io
+
+    h, w = pixels.shape[:2]
+    out = np.empty_like(pixels)
+    for top, left, th, tw in codec.tile_grid(h, w, tile_size):
+        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]))
+        ch, cw = min(th, h - top), min(tw, w - left)
+        out[top:top + ch, left:left + cw] = io.from_tensor(net.reconstruct(x, q)[:, :, :ch, :cw])
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=24)
+    p.add_argument("--modes", default="all", help="'all' or a comma-separated list of 1-based modes")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--random", action="store_true", help="use a random-init model even if one is shipped")
+    p.add_argument("--N", type=int, default=64, help="width of the random-init model")
+    p.add_argument("--crop", default=None, help="crop every image to HxW (e.g. 192x160)")
+    p.add_argument("--tile-size", type=int, default=None, help="encoder tile size (default: the codec's)")
+    p.add_argument("--encode-threads", type=int, default=2)
+    p.add_argument("--decode-worker", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.decode_worker is not None:
+        decode_worker(args.decode_worker, args.checkpoint)
+        return 0
+
+    from lic import codec, container
+    from lic.models import Cheng2020GMM, ModelConfig, cheng2020
+    from lic.weights import export, load_model, read_registry
+
+    torch.set_num_threads(args.encode_threads)
+    tmp = Path(tempfile.mkdtemp(prefix="lic-determinism-"))
+    if args.checkpoint:
+        from lic.weights import load_checkpoint
+
+        net, checkpoint, what = load_checkpoint(args.checkpoint), args.checkpoint, args.checkpoint
+    elif read_registry() and not args.random:
+        loaded = load_model()
+        net, checkpoint, what = loaded.net, loaded.source, f"shipped {loaded.name} ({loaded.source})"
+    else:
+        torch.manual_seed(0)
+        net = Cheng2020GMM(ModelConfig(N=args.N, num_modes=6)).eval()
+        checkpoint = str(tmp / "random.safetensors")
+        export(net, checkpoint)
+        from lic.weights import load_checkpoint
+
+        net = load_checkpoint(checkpoint)  # exactly what the worker loads
+        what = f"random-init N={args.N}, 6 modes"
+    num_modes = max(1, net.config.num_modes)
+    modes = list(range(1, num_modes + 1)) if args.modes == "all" else [float(m) for m in args.modes.split(",")]
+    crop = tuple(int(v) for v in args.crop.split("x")) if args.crop else None
+    imgs = images(args.images, crop)
+    print(f"model: {what}; {len(imgs)} images x {len(modes)} modes; encode threads {args.encode_threads}, "
+          f"decode in a fresh process with 1 thread (decoder networks: "
+          f"{getattr(cheng2020, 'DECODER_THREADS', 1)} threads whatever the caller sets)", flush=True)
+
+    here: dict[str, str] = {}
+    recon: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for name, px in imgs:
+        for mode in modes:
+            data = codec.encode_with_net(net, px, float(mode), tile_size=args.tile_size)
+            key = f"{name}-m{mode}.lic"
+            (tmp / key).write_bytes(data)
+            here[key] = digest(codec.decode_with_net(net, data))
+            header, _ = container.unpack(data)
+            q = None if num_modes <= 1 else header.mode - 1 + header.mode_frac / 256
+            recon[key] = digest(per_tile_reconstruction(net, px, header.tile_size, q))
+    t_enc = time.perf_counter() - t0
+    r = subprocess.run([sys.executable, __file__, "--decode-worker", str(tmp), "--checkpoint", checkpoint],
+                       capture_output=True, text=True, cwd=REPO)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if r.returncode != 0:
+        print(r.stderr, file=sys.stderr)
+        return 1
+    fresh = json.loads(r.stdout.strip().splitlines()[-1])
+    total = len(here)
+    same_fresh = sum(fresh.get(k) == v for k, v in here.items())
+    same_recon = sum(recon[k] == v for k, v in here.items())
+    print(f"fresh process (1 thread) vs this process ({args.encode_threads} threads): "
+          f"identical {same_fresh}/{total}")
+    print(f"decoded vs encoder's reconstruction round(y) -> g_s: identical {same_recon}/{total}")
+    print(f"({time.perf_counter() - t0:.0f} s: encode + decode here {t_enc:.0f} s)")
+    for k in sorted(here):
+        if fresh.get(k) != here[k] or recon[k] != here[k]:
+            print(f"  differs: {k}")
+    return 0 if same_fresh == total and same_recon == total else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
