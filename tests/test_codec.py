@@ -22,8 +22,6 @@ def rounded_reconstruction(net, pixels, q=None) -> np.ndarray:
 @pytest.mark.parametrize("context", ["checkerboard", "serial"])
 @pytest.mark.parametrize("size", [(1, 1), (65, 37), (513, 769)])
 def test_round_trip_bit_exact(context, size):
-    if context == "serial" and size == (513, 769):
-        pytest.skip("covered by the smaller sizes; the serial loop is slow at this size")  # noqa: keep suite fast
     net = tiny_net(context)
     pixels = random_image(*size)
     data = codec.encode_with_net(net, pixels)
