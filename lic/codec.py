@@ -49,7 +49,7 @@ MAX_TILE_PIXELS = 2048 * 2048     # largest tile (or untiled padded image) eithe
 _MAX_TILE_FIELD = 0xFFFF // PAD * PAD  # largest multiple of 64 that fits the header's u16
 
 __all__ = ["CodecError", "PAD", "DEFAULT_TILE_SIZE", "MAX_TILE_PIXELS", "pad", "tile_grid", "choose_tile_size",
-           "check_hyper_stream", "encode_with_net", "decode_with_net", "encode_image", "decode_image"]
+           "check_hyper_stream", "prepare_input", "encode_with_net", "decode_with_net", "encode_image", "decode_image"]
 
 
 class CodecError(FormatError):
@@ -190,6 +190,18 @@ def _check_latent_stream(data: bytes) -> None:
 # ---------------------------------------------------------------------------- encode / decode
 
 
+def prepare_input(net: Cheng2020GMM, pixels: np.ndarray, mode: float) -> tuple[int, int, float | None, np.ndarray]:
+    """Check an encoder's input: (header mode, mode_frac, the net's 0-based mode or None, pixels)."""
+    m, frac = split_mode(mode, net.config.num_modes)
+    q = None if net.config.num_modes <= 1 else m - 1 + frac / 256
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
+    if pixels.shape[0] < 1 or pixels.shape[1] < 1:
+        raise ValueError(f"image has no pixels ({pixels.shape[1]}x{pixels.shape[0]})")
+    return m, frac, q, pixels
+
+
 def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp: int | None = None,
                     *, tile_size: int | None = None) -> bytes:
     """Encode one image (H, W, 3) uint8 with ``net`` at 1-based ``mode``; returns the whole file.
@@ -197,14 +209,8 @@ def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp
     ``tile_size``: see :func:`choose_tile_size` (None: tile images larger than
     :data:`DEFAULT_TILE_SIZE` pixels a side).
     """
-    m, frac = split_mode(mode, net.config.num_modes)
-    q = None if net.config.num_modes <= 1 else m - 1 + frac / 256
-    pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
+    m, frac, q, pixels = prepare_input(net, pixels, mode)
     h, w = pixels.shape[:2]
-    if h < 1 or w < 1:
-        raise ValueError(f"image has no pixels ({w}x{h})")
     t = choose_tile_size(h, w, tile_size)
     streams: list[bytes] = []
     for top, left, th, tw in tile_grid(h, w, t):

@@ -39,7 +39,6 @@ from lic.entropy.mixture import CodingParams, mixture_pmf, support_of
 from lic.entropy.quantize import QuantMode, quantize
 from lic.layers import checkerboard_masks
 from lic.models.cheng2020 import Cheng2020GMM, decoder_threads
-from lic.weights import split_mode
 
 __all__ = ["BitMap", "bit_map", "symbol_bits", "hyper_bits"]
 
@@ -221,11 +220,7 @@ def bit_map(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, *,
     Same arguments as :func:`lic.codec.encode_with_net` (a single-rate model takes
     any integer ``mode``: it only goes into the file header).
     """
-    m, frac = split_mode(mode, net.config.num_modes)
-    q = None if net.config.num_modes <= 1 else m - 1 + frac / 256
-    pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(f"pixels must be (H, W, 3) uint8, got {pixels.shape} {pixels.dtype}")
+    m, frac, q, pixels = codec.prepare_input(net, pixels, mode)
     h, w = pixels.shape[:2]
     t = codec.choose_tile_size(h, w, tile_size)
     tiles = codec.tile_grid(h, w, t)
