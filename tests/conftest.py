@@ -43,3 +43,18 @@ def random_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     base = rng.integers(0, 256, size=(max(1, h // 8 + 1), max(1, w // 8 + 1), 3)).astype(np.float64)
     img = np.kron(base, np.ones((8, 8, 1)))[:h, :w] + rng.normal(0, 6, size=(h, w, 3))
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def decode_under_threads(net, data: bytes, counts=(1, 2)) -> list[np.ndarray]:
+    """Decode ``data`` once per torch thread count; restores the caller's count."""
+    from lic import codec
+
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in counts:
+            torch.set_num_threads(n)
+            outs.append(codec.decode_with_net(net, data))
+    finally:
+        torch.set_num_threads(before)
+    return outs

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, random_image, tiny_net
+from conftest import REPO, random_image, tiny_net, decode_under_threads
 from lic import codec, container, io
 
 
@@ -73,14 +73,7 @@ def test_decode_identical_across_threads():
     net = tiny_net()
     pixels = random_image(200, 264, seed=7)
     data = codec.encode_with_net(net, pixels)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append(codec.decode_with_net(net, data))
-    finally:
-        torch.set_num_threads(before)
+    outs = decode_under_threads(net, data)
     np.testing.assert_array_equal(outs[0], outs[1])
 
 

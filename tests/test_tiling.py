@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image, tiny_net
+from conftest import random_image, tiny_net, decode_under_threads
 from lic import codec, container, io
 
 
@@ -94,14 +94,7 @@ def test_single_tile_equals_untiled():
 def test_tiled_decode_identical_across_threads():
     net = tiny_net()
     data = codec.encode_with_net(net, random_image(150, 200, seed=5), tile_size=64)
-    before = torch.get_num_threads()
-    try:
-        outs = []
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            outs.append(codec.decode_with_net(net, data))
-    finally:
-        torch.set_num_threads(before)
+    outs = decode_under_threads(net, data)
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
