@@ -1,10 +1,13 @@
 """Codec speed on Kodak: this codec (checkerboard and serial contexts) against CompressAI's
 cheng2020_attn (N=128, random init after update()), in the same run, seconds per image.
 
-    python bench/codec_speed.py [--images 3] [--N 64] [--threads 2] [--weights shipped|random]
+    python bench/codec_speed.py [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
+                                [--modes 1 2 3 4 5 6]
 
 With --weights shipped (default when weights/registry.json has a model) the checkerboard
-row uses the shipped default model; otherwise random-init models of width N are timed.
+row uses the shipped default model (at --mode, or at each of --modes); otherwise random-init
+models of width N are timed.  --M adds a random-init checkerboard model with M latent channels
+(its bpp is not a trained model's, so its entropy-coding time is only indicative).
 Times include entropy coding and the container, not model loading; bpp is real file bytes.
 """
 from __future__ import annotations
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--N", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mode", type=float, default=3.0)
+    ap.add_argument("--modes", type=float, nargs="*", default=None, help="time the shipped model at each of these")
+    ap.add_argument("--M", type=int, default=None, help="also time a random-init checkerboard model with M latent channels")
     ap.add_argument("--weights", choices=["shipped", "random"], default=None)
     ap.add_argument("--skip-serial", action="store_true")
     ap.add_argument("--skip-compressai", action="store_true")
@@ -75,9 +80,10 @@ def main() -> None:
     from lic.weights import read_registry, load_model
     use_shipped = args.weights == "shipped" or (args.weights is None and read_registry())
     if use_shipped:
-        loaded = load_model(mode=args.mode)
-        rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} mode {args.mode:g}",
-                              loaded.net, images, args.mode))
+        for mode in args.modes or [args.mode]:
+            loaded = load_model(mode=mode)
+            rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} mode {mode:g}",
+                                  loaded.net, images, mode))
         torch.manual_seed(0)
     for ctx in ("checkerboard",) + (() if args.skip_serial else ("serial",)):
         if use_shipped and ctx == "checkerboard":
@@ -86,6 +92,11 @@ def main() -> None:
         net = Cheng2020GMM(ModelConfig(N=args.N, context=ctx)).eval()
         net.update(force=True)
         rows.append(bench_lic(f"lic {ctx} N={args.N} (random init)", net, images, 1.0))
+    if args.M:
+        torch.manual_seed(0)
+        net = Cheng2020GMM(ModelConfig(N=args.N, M=args.M, context="checkerboard")).eval()
+        net.update(force=True)
+        rows.append(bench_lic(f"lic checkerboard N={args.N} M={args.M} (random init)", net, images, 1.0))
     if not args.skip_compressai:
         rows.append(bench_compressai(images))
     ref = rows[-1] if not args.skip_compressai else None

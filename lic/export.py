@@ -86,6 +86,9 @@ def trained_facts(ckpt: dict, source: str | Path | None = None) -> dict:
     for k in ("lr", "lr_milestones"):
         if k in hp:
             facts[k] = list(hp[k]) if isinstance(hp[k], (list, tuple)) else hp[k]
+    raw = ckpt.get("lic_train_stats")
+    if isinstance(raw, dict) and raw.get("init_from"):
+        facts["init_from"] = raw["init_from"]
     if source is not None:
         facts["checkpoint"] = Path(source).name
     if ckpt.get("pytorch-lightning_version"):

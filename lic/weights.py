@@ -172,6 +172,7 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
         cands = [e for e in cands if e.get("default")] or cands
     if mode is not None:
         cands = [e for e in cands if min(e["modes"]) <= mode <= max(e["modes"])]
+    cands.sort(key=lambda e: not e.get("default"))   # among entries of one name, the default first
     if not cands:
         if fp is not None:
             raise WeightsError("no shipped weights match this file's fingerprint (made with other weights?)")
@@ -188,6 +189,14 @@ def _load_entry(entry: dict) -> tuple[Cheng2020GMM, str]:
         raise WeightsError(f"{path.name}: sha256 mismatch (file is {digest[:12]}..., registry says "
                            f"{entry['sha256'][:12]}...): refusing to load")
     return load_safetensors(path)[0], str(path)
+
+
+def load_entry(entry: dict) -> LoadedModel:
+    """The model of one registry entry (sha256-checked), at its lowest mode: one file, whatever is default."""
+    net, source = _load_entry(entry)
+    m, frac = split_mode(float(min(entry["modes"])), net.config.num_modes)
+    return LoadedModel(net, model_id_of(net.config), MODEL_IDS[model_id_of(net.config)], m, frac,
+                       fingerprint(net), source, list(entry["modes"]))
 
 
 def load_model(mode: float | None = None, model: str | None = None, checkpoint: str | None = None) -> LoadedModel:

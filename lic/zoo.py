@@ -46,13 +46,13 @@ def measure(net, pixels: np.ndarray, mode: float, fp: int | None = None) -> tupl
 
 def measure_shipped() -> list[dict]:
     """[{name, file, mode, bpp, psnr}] for every mode of every registry model."""
-    from lic.weights import load_model
+    from lic.weights import load_entry
 
     px = check_pixels()
     rows = []
     for e in read_registry():
+        lm = load_entry(e)   # this entry's own file: several entries may share a model name
         for m in e["modes"]:
-            lm = load_model(mode=float(m), model=e["name"])
             bpp, psnr = measure(lm.net, px, float(m), lm.fingerprint)
             rows.append({"name": e["name"], "file": e["file"], "mode": m, "bpp": bpp, "psnr": psnr})
     return rows
@@ -70,6 +70,33 @@ def record() -> None:
     path.write_text(json.dumps(reg, indent=2) + "\n")
     for r in rows:
         print(f"{r['file']} mode {r['mode']}: {r['bpp']:.4f} bpp, {r['psnr']:.2f} dB")
+
+
+def lineage(stats: dict) -> list[dict]:
+    """The training legs behind a checkpoint's ``lic_train_stats``: itself, then what it was
+    initialised from (``init_from``), and so on; each leg's own stats."""
+    legs = []
+    while isinstance(stats, dict) and stats:
+        legs.append(stats)
+        stats = (stats.get("init_from") or {}).get("trained")
+    return legs
+
+
+def _sum(legs: list[dict], key: str, fmt: str = "") -> str:
+    vals = [leg.get(key) for leg in legs]
+    if not vals or any(not isinstance(v, (int, float)) for v in vals):
+        return "?"
+    return format(sum(vals), fmt)
+
+
+def _compute(legs: list[dict]) -> str:
+    """Training time per device over all legs, e.g. '0.18 h cuda:NVIDIA H200 + 1.54 h cpu'."""
+    per: dict[str, float] = {}
+    for leg in legs:
+        if isinstance(leg.get("train_seconds"), (int, float)):
+            dev = leg.get("device") or "?"
+            per[dev] = per.get(dev, 0.0) + leg["train_seconds"] / 3600
+    return " + ".join(f"{h:.2f} h {d}" for d, h in per.items()) or "?"
 
 
 def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
@@ -93,18 +120,14 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
                     "|---|---:|---:|---:|---|---:|---|---|---:|\n")
         for ck in ckpts:
             raw = torch.load(ck, map_location="cpu", weights_only=True) if ck.endswith(".ckpt") else {}
-            stats = raw.get("lic_train_stats") or {}
+            legs = lineage(raw.get("lic_train_stats") or {})
             lc = LicCodec.from_checkpoints([ck])
             res = evaluate(files, [lc], None, with_ms_ssim=False, progress=False)
             c = res.curves[0]
             bd = bd_rate(jpeg, c)
             lo, hi = max(min(c.psnr), min(jpeg.psnr)), min(max(c.psnr), max(jpeg.psnr))
-            hours = stats.get("train_seconds", float("nan")) / 3600
-            f.write(f"| `{ck}` | {stats.get('steps', raw.get('global_step', '?'))} | {stats.get('images_seen', '?')} | "
-                    f"{stats.get('pixels_seen', '?'):.3g} | {hours:.2f} h {stats.get('device', '?')} | {len(files)} | "
-                    f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
-                    f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n" if isinstance(stats.get('pixels_seen'), (int, float)) else
-                    f"| `{ck}` | {raw.get('global_step', '?')} | ? | ? | ? | {len(files)} | "
+            f.write(f"| `{ck}` | {_sum(legs, 'steps')} | {_sum(legs, 'images_seen')} | {_sum(legs, 'pixels_seen', '.3g')} | "
+                    f"{_compute(legs)} | {len(files)} | "
                     f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
                     f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n")
             f.flush()

@@ -30,6 +30,20 @@ def test_round_trip_bit_exact(context, size):
     np.testing.assert_array_equal(out, rounded_reconstruction(net, pixels))
 
 
+@pytest.mark.parametrize("context", ["checkerboard", "serial"])
+def test_round_trip_wider_latent(context):
+    """M (channels of y) apart from N: the header's latent_channels, the file and a reload agree."""
+    from lic.models import ModelConfig
+
+    net = tiny_net(context, num_modes=2, M=20)
+    assert net.config.to_dict()["M"] == 20 and ModelConfig.from_dict(net.config.to_dict()) == net.config
+    pixels = random_image(70, 90, seed=2)
+    data = codec.encode_with_net(net, pixels, mode=2.0)
+    header, _ = container.unpack(data)
+    assert header.latent_channels == 20
+    np.testing.assert_array_equal(codec.decode_with_net(net, data), rounded_reconstruction(net, pixels, 1.0))
+
+
 def test_serial_large_odd_size():
     net = tiny_net("serial")
     pixels = random_image(130, 200, seed=3)
@@ -111,3 +125,22 @@ def test_wrong_model_rejected():
     data = codec.encode_with_net(tiny_net("checkerboard"), random_image(64, 64))
     with pytest.raises(codec.CodecError, match="model"):
         codec.decode_with_net(tiny_net("serial"), data)
+
+
+def test_training_likelihood_has_no_fixed_device():
+    """The likelihood used in training builds its bound on the input's device (a module-level
+    CPU tensor broke the first GPU run: 'found at least two devices, cuda:0 and cpu').
+    The meta device stands in for a GPU here."""
+    from lic.entropy.mixture import mixture_likelihood
+
+    meta = torch.device("meta")
+    y = torch.empty(1, 4, 2, 2, device=meta)
+    p = torch.empty(1, 3, 4, 2, 2, device=meta)   # (B, K, M, H, W)
+    assert mixture_likelihood(y, p, p, p).device == meta
+    # and on the CPU a vanishing likelihood is held at the bound
+    from lic.entropy.mixture import LIKELIHOOD_MIN
+
+    y = torch.zeros(1, 1, 1, 1)
+    w = torch.full((1, 3, 1, 1, 1), 1 / 3)
+    lik = mixture_likelihood(y, w, torch.full_like(w, 100.0), torch.ones_like(w))
+    assert lik.item() == pytest.approx(LIKELIHOOD_MIN)

@@ -24,14 +24,26 @@ def test_zoo_is_shipped():
 
 @pytest.mark.parametrize("file,name,mode,recorded", MODES, ids=[f"{f}-q{m}" for f, _, m, _ in MODES])
 def test_shipped_mode_reproduces_recorded_figures(file, name, mode, recorded):
-    from lic.weights import load_model
+    from lic.weights import load_entry
     from lic.zoo import BPP_RTOL, PSNR_ATOL, check_pixels, measure
 
     assert recorded is not None, "run `python -m lic.zoo record` after changing the zoo"
-    lm = load_model(mode=float(mode), model=name)
+    lm = load_entry(next(e for e in ENTRIES if e["file"] == file))
     bpp, psnr = measure(lm.net, check_pixels(), float(mode), lm.fingerprint)
     assert math.isclose(bpp, recorded["bpp"], rel_tol=BPP_RTOL), (bpp, recorded)
     assert abs(psnr - recorded["psnr"]) <= PSNR_ATOL, (psnr, recorded)
+
+
+def test_a_model_name_means_its_default_entry():
+    """Older weights stay registered under the same name (their files still decode); encoding
+    and evaluating by name must use the default entry, not the first one listed."""
+    from lic.eval.lic_codec import LicCodec
+    from lic.weights import load_model
+
+    default = next(e for e in ENTRIES if e.get("default"))
+    assert load_model(mode=1.0, model=default["name"]).source.endswith(default["file"])
+    assert load_model(mode=1.0).source.endswith(default["file"])
+    assert LicCodec.shipped(modes=[1.0]).models[1.0].source.endswith(default["file"])
 
 
 def test_modes_are_ordered_weaker_to_stronger():
@@ -60,3 +72,19 @@ def test_real_rate_matches_estimate(kodak_crop):
     c = lm.net.compress(x, lm.q)
     real_bits = 8 * sum(len(s) for s in c.streams)
     assert abs(real_bits / est_bits - 1) < 0.03, (real_bits, est_bits)
+
+
+def test_progress_sums_the_legs_of_a_run():
+    """A run started with init_from counts the training of the weights it started from."""
+    from lic.zoo import _compute, _sum, lineage
+
+    leg1 = {"steps": 100, "pixels_seen": 10, "train_seconds": 3600, "device": "cpu"}
+    leg2 = {"steps": 50, "pixels_seen": 20, "train_seconds": 1800, "device": "cuda:X",
+            "init_from": {"from": "w.safetensors", "trained": leg1}}
+    leg3 = {"steps": 5, "pixels_seen": 1, "train_seconds": 1800, "device": "cuda:X",
+            "init_from": {"from": "v.safetensors", "trained": leg2}}
+    legs = lineage(leg3)
+    assert legs == [leg3, leg2, leg1]
+    assert _sum(legs, "steps") == "155" and _sum(legs, "pixels_seen") == "31"
+    assert _compute(legs) == "1.00 h cuda:X + 1.00 h cpu"
+    assert _sum(lineage({"steps": 1, "init_from": {"from": "x"}}), "pixels_seen") == "?"

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 import torch
-from compressai.ops import LowerBound
+from compressai.ops.bound_ops import LowerBoundFunction
 from scipy.special import ndtr
 from torch import Tensor
 
@@ -42,8 +42,6 @@ WEIGHT_GRID = 256         # weights rounded to multiples of 1/256, at least 1/25
 MAX_SUPPORT = 4096        # widest symbol range a stream may declare
 _CHUNK_CELLS = 4_000_000  # bound on the size of one probability table batch
 _HEADER = struct.Struct(">hh")
-
-_lower_bound = LowerBound(LIKELIHOOD_MIN)
 
 
 class MixtureStreamError(ValueError):
@@ -66,7 +64,8 @@ def mixture_likelihood(y_hat: Tensor, weights: Tensor, means: Tensor, scales: Te
     upper = _cdf(sign * (v + 0.5) / scales)
     lower = _cdf(sign * (v - 0.5) / scales)
     lik = (weights * torch.abs(upper - lower)).sum(dim=1)  # (B, M, H, W)
-    return _lower_bound(lik)
+    # CompressAI's LowerBound op (gradient passes where it pushes lik up), bound on lik's device
+    return LowerBoundFunction.apply(lik, torch.tensor(LIKELIHOOD_MIN, dtype=lik.dtype, device=lik.device))
 
 
 @dataclass(frozen=True)

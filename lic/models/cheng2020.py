@@ -87,20 +87,24 @@ def decoder_threads():
 class ModelConfig:
     """Architecture hyperparameters (stored with every checkpoint and export)."""
 
-    N: int = 128                     # channels of the transforms, and of y (M = N as in the paper)
+    N: int = 128                     # channels of the transforms
     K: int = 3                       # mixture components
     context: str = "checkerboard"    # "checkerboard" | "serial"
     num_modes: int = 1               # > 1: variable-rate model with gain units
     lmbdas: tuple[float, ...] = ()   # the lambda of each mode (for gain init and training)
     ste_synthesis: bool = False      # g_s sees round(y) with a straight-through gradient while training
+    M: int | None = None             # channels of y; None: M = N, as in the paper
 
-    @property
-    def M(self) -> int:
-        return self.N
+    def __post_init__(self):
+        if self.M is None:
+            object.__setattr__(self, "M", self.N)
 
     def to_dict(self) -> dict:
-        return {"N": self.N, "K": self.K, "context": self.context, "num_modes": self.num_modes,
-                "lmbdas": list(self.lmbdas), "ste_synthesis": self.ste_synthesis}
+        d = {"N": self.N, "K": self.K, "context": self.context, "num_modes": self.num_modes,
+             "lmbdas": list(self.lmbdas), "ste_synthesis": self.ste_synthesis}
+        if self.M != self.N:   # written only when it differs: configs from before M existed read the same
+            d["M"] = self.M
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

@@ -24,7 +24,8 @@ _TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
 class LitCodec(L.LightningModule):
     def __init__(self, model: dict, lmbda: float | None = 0.0067, lr: float = 1e-4, aux_lr: float = 1e-3,
                  lr_milestones: list[int] | tuple[int, ...] = (), lr_gamma: float = 0.1, warmup_steps: int = 0,
-                 val_real_images: int = 2, val_modes: list[float] | None = None):
+                 val_real_images: int = 2, val_modes: list[float] | None = None,
+                 lr_budget_milestones: list[float] | tuple[float, ...] = ()):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(model)
@@ -39,6 +40,8 @@ class LitCodec(L.LightningModule):
         self._stats_base = {"images_seen": 0, "pixels_seen": 0, "train_seconds": 0.0, "counted_from_step": 0}
         self._seg_images = self._seg_pixels = 0   # this session (since the start or the resume)
         self._seg_t0: float | None = None
+        # steps at which a budget milestone dropped the LR (saved in checkpoints, so drops survive resumes)
+        self._budget_drops: list[int] = []
 
     # the 0-based modes validated for a variable-rate model (default: lowest, middle, highest)
     def _val_modes(self) -> list[float | None]:
@@ -111,12 +114,28 @@ class LitCodec(L.LightningModule):
         gamma, warm = self.hparams.lr_gamma, self.hparams.warmup_steps
 
         def factor(step: int) -> float:
-            f = gamma ** sum(step >= m for m in milestones)
+            f = gamma ** (sum(step >= m for m in milestones) + sum(step >= m for m in self._budget_drops))
             return f * min(1.0, (step + 1) / warm) if warm else f
 
         # the aux group keeps its rate: quantiles must keep tracking the latents
         sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, lambda step: 1.0])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip the model's gradients only, never the entropy bottleneck's quantiles (group 1).
+
+        The aux loss (thousands while the quantiles are far off; 1,400 -> 3,100 over the CPU run's
+        last 800 steps) sends its gradient to the quantiles alone; clipped together with the model,
+        it set the total norm and so rescaled every model gradient by an amount that changed from
+        step to step.  CompressAI's recipe clips the main optimizer only; so does this.
+        """
+        if not gradient_clip_val:
+            return
+        main = [p for p in optimizer.param_groups[0]["params"] if p.grad is not None]
+        if gradient_clip_algorithm in (None, "norm"):
+            torch.nn.utils.clip_grad_norm_(main, gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_value_(main, gradient_clip_val)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Size the entropy coder's tables like the checkpoint's before loading (resume, load_from_checkpoint).
@@ -135,6 +154,65 @@ class LitCodec(L.LightningModule):
 
     def on_train_start(self):
         self._seg_t0 = time.perf_counter()
+        # where it trains, read now: after fit Lightning moves the module back to the CPU, so a
+        # checkpoint saved then (final.ckpt) would otherwise say "cpu"
+        self._train_device = _device_name(self.device)
+
+    def budget_progress(self) -> float:
+        """How much of the run's budget is spent, 0..1: the larger of steps / ``max_steps`` and, with
+        the trainer's ``max_time``, training time / ``max_time`` (Lightning's Timer, which counts
+        across resumes)."""
+        from lightning.pytorch.callbacks import Timer
+
+        t = self._trainer
+        if t is None:
+            return 0.0
+        fracs = [t.global_step / t.max_steps] if t.max_steps and t.max_steps > 0 else [0.0]
+        for cb in t.callbacks:
+            if isinstance(cb, Timer) and cb._duration:
+                fracs.append(cb.time_elapsed("train") / cb._duration)
+        return max(fracs)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        """``lr_budget_milestones``: multiply the LR by ``lr_gamma`` once at each of these fractions of
+        the budget (a run bounded by ``trainer.max_time`` cannot know its step milestones ahead)."""
+        todo = sorted(self.hparams.lr_budget_milestones or [])[len(self._budget_drops):]
+        if not todo:
+            return
+        # rank 0 decides: each DDP rank's Timer reads its own clock, and ranks that dropped at
+        # different steps would apply different LRs to the same averaged gradient and drift apart
+        if self._trainer.strategy.broadcast(self.budget_progress() >= todo[0], src=0):
+            self._budget_drops.append(int(self._trainer.global_step))
+
+    def init_weights_from(self, path: str) -> dict:
+        """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
+
+        The architectures must match.  If the two variable-rate models give their modes different
+        lambdas, each mode's gain is moved by half the log-ratio of the lambdas (the gain grows like
+        sqrt(lambda)), so a mode starts near its new rate.  Returns what is recorded in the stats.
+        """
+        from lic.weights import load_checkpoint
+
+        src = load_checkpoint(path)
+        if src.config.context != self.config.context:   # same shapes, another model: load_state_dict can't tell
+            raise ValueError(f"{path}: a {src.config.context} model; this run trains a {self.config.context} one")
+        self.net.load_state_dict(src.state_dict(), strict=True)
+        old, new = tuple(src.config.lmbdas), tuple(self.config.lmbdas)
+        if self.config.num_modes > 1 and old and new and old != new:
+            shift = 0.5 * torch.log(torch.tensor(new) / torch.tensor(old))[:, None]  # (modes, 1)
+            with torch.no_grad():
+                self.net.log_gain += shift.to(self.net.log_gain)
+                self.net.log_inv_gain -= shift.to(self.net.log_inv_gain)
+        record = {"from": str(path), "lmbdas": list(old)}
+        if str(path).endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                trained = (f.metadata() or {}).get("lic_trained")
+            if trained:
+                record["trained"] = json.loads(trained)
+        self._stats_base["init_from"] = record
+        return record
 
     def train_stats(self) -> dict:
         """Training facts so far, across resumes: what ``lic_train_stats`` holds in a checkpoint."""
@@ -145,15 +223,18 @@ class LitCodec(L.LightningModule):
                 "images_seen": int(base["images_seen"] + self._seg_images),
                 "pixels_seen": int(base["pixels_seen"] + self._seg_pixels),
                 "train_seconds": round(float(base["train_seconds"]) + elapsed, 3),
-                "device": _device_name(self.device),
+                "device": getattr(self, "_train_device", None) or _device_name(self.device),
                 "world_size": int(trainer.world_size) if trainer is not None else 1,
                 # > 0: a checkpoint from before these stats existed was resumed; the counts before
                 # this step are estimates (steps x batch) and its training time is not included
-                "counted_from_step": int(base.get("counted_from_step", 0))}
+                "counted_from_step": int(base.get("counted_from_step", 0)),
+                # the run these weights started from (init_from), whose training is not counted above
+                **({"init_from": base["init_from"]} if base.get("init_from") else {})}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lic_model_config"] = json.dumps(self.config.to_dict())
         checkpoint["lic_train_stats"] = self.train_stats()
+        checkpoint["lic_lr_budget_drops"] = list(self._budget_drops)
 
     def on_load_checkpoint(self, checkpoint):
         from lic.export import checkpoint_train_stats
@@ -162,6 +243,10 @@ class LitCodec(L.LightningModule):
         self._stats_base = {"images_seen": stats["images_seen"] or 0, "pixels_seen": stats["pixels_seen"] or 0,
                             "train_seconds": stats["train_seconds"] or 0.0,
                             "counted_from_step": stats["counted_from_step"]}
+        raw = checkpoint.get("lic_train_stats")
+        if isinstance(raw, dict) and raw.get("init_from"):
+            self._stats_base["init_from"] = raw["init_from"]
+        self._budget_drops = [int(s) for s in checkpoint.get("lic_lr_budget_drops", [])]
         self._seg_images = self._seg_pixels = 0
         self._seg_t0 = None
 

@@ -33,6 +33,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data, _convert_="all")
     module = instantiate(cfg.model, _convert_="all")
+    if cfg.get("init_from"):
+        if cfg.get("ckpt_path"):
+            raise ValueError("init_from starts a new run from weights; ckpt_path resumes one: give one of them")
+        log.info("initialised from %s", module.init_weights_from(cfg.init_from))
     if cfg.get("compile"):
         module.net = torch.compile(module.net)
     callbacks = _instantiate_group(cfg.get("callbacks"))
@@ -42,6 +46,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if cfg.get("save_final", True) and trainer.global_step > 0:
+        # the state at the end of fit (max_steps or max_time reached), whatever the periodic checkpoints caught
+        trainer.save_checkpoint(str(out_dir / "checkpoints" / "final.ckpt"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     log.info("done at step %d: %s", trainer.global_step, metrics)
     return metrics

@@ -1,0 +1,67 @@
+"""The quality ceiling of a model's transforms: PSNR of g_s(g_a(x)) with NO quantization, on Kodak,
+beside the real codec's PSNR at the model's top mode.
+
+    python bench/autoencoder_ceiling.py [--checkpoint W] [--images 24] [--threads 2]
+
+If the unquantized autoencoder cannot reproduce an image better than X dB, no mode can: the
+upper modes then spend bits for little PSNR.  This is how the shipped N = M = 64 model's limit
+was found (docs/training.md); run it on any checkpoint to see whether its transforms or its
+entropy model limit the top of its curve.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lic import codec, io  # noqa: E402
+from lic.weights import load_checkpoint, load_model  # noqa: E402
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255**2 / max(mse, 1e-12))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", default=None, help=".safetensors or .ckpt (default: the shipped default)")
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    net = load_checkpoint(args.checkpoint) if args.checkpoint else load_model().net
+    net = net.eval()
+    top = float(max(1, net.config.num_modes))
+    files = sorted((REPO.parent / "shared" / "data" / "kodak").glob("*.png"))[: args.images]
+    rows = []
+    for p in files:
+        px = io.read_image(p).pixels
+        h, w = px.shape[:2]
+        x = codec.pad(io.to_tensor(px))
+        with torch.no_grad():
+            gains = net._gains(top - 1 if net.config.num_modes > 1 else None, 1, x.device)
+            y = net.g_a(x)
+            if gains is not None:
+                y = y * gains[0] * gains[1]     # the top mode's gain and inverse gain, no rounding between
+            ae = io.from_tensor(net.g_s(y)[:, :, :h, :w])
+        data = codec.encode_with_net(net, px, top if net.config.num_modes > 1 else None)
+        real = codec.decode_with_net(net, data)
+        rows.append((p.stem, psnr(ae, px), psnr(real, px), 8 * len(data) / (h * w)))
+        print(f"{p.stem}: unquantized {rows[-1][1]:.2f} dB, mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp",
+              flush=True)
+    print(f"model {net.config.to_dict()}")
+    print(f"mean over {len(rows)} images: unquantized g_s(g_a(x)) {statistics.mean(r[1] for r in rows):.2f} dB; "
+          f"real file at mode {top:g}: {statistics.mean(r[2] for r in rows):.2f} dB, {statistics.mean(r[3] for r in rows):.3f} bpp")
+
+
+if __name__ == "__main__":
+    main()
