@@ -38,7 +38,6 @@ import argparse
 import collections
 import random
 import re
-import resource
 import signal
 import struct
 import sys
@@ -55,6 +54,7 @@ import torch  # noqa: E402
 from lic import codec, container  # noqa: E402
 from lic.container import FormatError  # noqa: E402
 from lic.entropy.mixture import MixtureStreamError  # noqa: E402
+from lic.eval.memory import peak_rss_mb, reset_peak_rss  # noqa: E402
 from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
 from lic.weights import fingerprint  # noqa: E402
 
@@ -250,26 +250,6 @@ def classify(nets: dict[int, tuple[Cheng2020GMM, int]], data: bytes) -> str:
     return "ok"
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--inputs", type=int, default=100_000, help="stop after this many inputs")
@@ -289,8 +269,8 @@ def main(argv=None) -> int:
         assert classify(nets, data) == "ok", classify(nets, data)
     rng = random.Random(args.seed)
     signal.signal(signal.SIGALRM, _alarm)
-    per_input_rss = _reset_peak()
-    baseline = _peak_mb()
+    per_input_rss = reset_peak_rss()
+    baseline = peak_rss_mb()
     counts: collections.Counter[str] = collections.Counter()
     by_kind: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     bad = 0
@@ -301,7 +281,7 @@ def main(argv=None) -> int:
     while n < args.inputs and time.perf_counter() - start < args.seconds:
         kind, data = make_input(rng, seeds)
         if per_input_rss:
-            _reset_peak()
+            reset_peak_rss()
         t0 = time.perf_counter()
         signal.setitimer(signal.ITIMER_REAL, args.timeout)
         try:
@@ -313,7 +293,7 @@ def main(argv=None) -> int:
         dt = time.perf_counter() - t0
         if dt > slowest[0]:
             slowest = (dt, f"{kind} -> {outcome}")
-        peak = _peak_mb()
+        peak = peak_rss_mb()
         max_peak = max(max_peak, peak)
         if peak - baseline > args.rss_growth_mb:
             outcome = f"rss: {outcome}"

@@ -9,6 +9,7 @@ import torch
 
 from conftest import random_image, tiny_net, decode_under_threads
 from lic import codec, container, io
+from lic.eval.memory import peak_rss_mb, reset_peak_rss
 
 
 def per_tile_reconstruction(net, pixels, tile_size, q=None) -> np.ndarray:
@@ -111,20 +112,6 @@ def _file(net, height, width, tile_size, streams) -> bytes:
     return container.pack(h, streams)
 
 
-def _peak_rss_reset() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-
-
 def test_oversized_tiles_are_refused_before_decoding():
     net = tiny_net()
     data = _file(net, 4096, 4096, 0, [b"\0" * 8, b"\0" * 4, b"\0" * 4])  # untiled 16 Mpixels, within Limits
@@ -149,15 +136,15 @@ def test_huge_declared_image_with_short_streams_fails_fast_and_small(monkeypatch
     z = codec.encode_with_net(net, random_image(64, 64))  # a real z stream for a 64x64 tile, not 1024x1024
     z_stream = container.unpack(z)[1][0]
     data = _file(net, 16384, 16384, 1024, [z_stream, b"\0\0\0\0", b"\0\0\0\0"] * 256)
-    measured = _peak_rss_reset()
-    before = _peak_rss_mb() if measured else 0.0
+    measured = reset_peak_rss()
+    before = peak_rss_mb() if measured else 0.0
     t = time.perf_counter()
     with pytest.raises(codec.CodecError, match="hyper-latent stream"):
         codec.decode_with_net(net, data)
     assert time.perf_counter() - t < 5
     assert calls == []  # no network ran
     if measured:
-        assert _peak_rss_mb() - before < 100
+        assert peak_rss_mb() - before < 100
 
 
 def test_corrupt_last_tile_fails_before_any_network_runs(monkeypatch):
