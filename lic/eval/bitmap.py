@@ -2,9 +2,10 @@
 
 For one image and one model, :func:`bit_map` runs the encoder's own steps
 (``g_a``, gains, ``h_a``, the hyper-latent stream, ``h_s`` and, for the
-checkerboard model, the two passes of ``Cheng2020GMM._code_checkerboard``; for
-the serial model, the raster loop of ``_code_serial``) and, instead of writing
-the symbols, records what each one costs:
+checkerboard model, the two passes of ``Cheng2020GMM.checkerboard_passes``; for
+the serial model, the raster loop of ``serial_positions``: the very code the
+encoder and decoder run) and, instead of writing the symbols, records what each
+one costs:
 
 * y (the latent): ``-log2`` of the probability the range coder uses for the
   symbol, i.e. the row of :func:`lic.entropy.mixture.mixture_pmf` for the
@@ -32,12 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lic import codec, io
 from lic.entropy.mixture import CodingParams, mixture_pmf, support_of
 from lic.entropy.quantize import QuantMode, quantize
-from lic.layers import checkerboard_masks
 from lic.models.cheng2020 import Cheng2020GMM, decoder_threads
 
 __all__ = ["BitMap", "bit_map", "symbol_bits", "hyper_bits"]
@@ -152,43 +151,29 @@ def hyper_bits(net: Cheng2020GMM, z: torch.Tensor) -> np.ndarray:
 
 
 def _checkerboard_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor) -> np.ndarray:
-    """The passes of ``_code_checkerboard`` (encoder side), costing instead of writing: (M, H, W)."""
-    _, M2, H, W = psi.shape
-    M = M2 // 2
-    anchor, non_anchor = checkerboard_masks(H, W, device=psi.device)
-    y_hat = torch.zeros(1, M, H, W, device=psi.device)
-    bits = np.zeros((M, H, W), dtype=np.float64)
-    for p, sel_mask in enumerate((anchor, non_anchor)):
-        ctx = torch.zeros_like(psi) if p == 0 else net.context_prediction(y_hat * anchor)
-        weights, means, scales = net._mixture(ctx, psi)
-        sel = sel_mask[0].bool().expand(M, H, W)
-        params = net._flat_params(weights, means, scales, sel)
+    """The encoder's checkerboard passes (``net.checkerboard_passes``), costing instead of writing: (M, H, W)."""
+    bits = np.zeros(y_sym.shape[1:], dtype=np.float64)
+
+    def cost(p: int, sel: torch.Tensor, params: CodingParams) -> np.ndarray:
         sym = y_sym[0][sel].to(torch.int64).numpy()
         bits[sel.numpy()] = symbol_bits(sym, params, *support_of(sym))
-        y_hat[0][sel] = y_sym[0][sel]
+        return sym
+
+    net.checkerboard_passes(psi, cost)
     return bits
 
 
 def _serial_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor) -> np.ndarray:
-    """The raster loop of ``_code_serial`` (encoder side), costing instead of writing: (M, H, W)."""
-    _, M2, H, W = psi.shape
-    M = M2 // 2
-    k = net.context_prediction.kernel_size[0]
-    pad = k // 2
-    weight = net.context_prediction.masked_weight()
-    bias = net.context_prediction.bias
-    sym_all = y_sym.to(torch.int64).numpy()
+    """The encoder's raster loop (``net.serial_positions``), costing instead of writing: (M, H, W)."""
+    sym_all = y_sym.to(torch.int64).numpy()                                 # (1, M, H, W)
     lo, hi = support_of(sym_all)
-    y_pad = torch.zeros(1, M, H + 2 * pad, W + 2 * pad, device=psi.device)
-    sel = torch.ones(M, 1, 1, dtype=torch.bool)
-    bits = np.zeros((M, H, W), dtype=np.float64)
-    for h in range(H):
-        for w in range(W):
-            ctx = F.conv2d(y_pad[:, :, h:h + k, w:w + k], weight, bias)
-            weights, means, scales = net._mixture(ctx, psi[:, :, h:h + 1, w:w + 1])
-            params = net._flat_params(weights, means, scales, sel)
-            bits[:, h, w] = symbol_bits(sym_all[0, :, h, w], params, lo, hi)
-            y_pad[0, :, h + pad, w + pad] = y_sym[0, :, h, w]
+    bits = np.zeros(sym_all.shape[1:], dtype=np.float64)
+
+    def cost(h: int, w: int, params: CodingParams) -> np.ndarray:
+        bits[:, h, w] = symbol_bits(sym_all[0, :, h, w], params, lo, hi)
+        return sym_all[0, :, h, w]
+
+    net.serial_positions(psi, cost)
     return bits
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -336,67 +336,74 @@ class Cheng2020GMM(CompressionModel):
             y_hat = self._code_serial(psi, None, streams[1:])
         return self._synthesize(y_hat, self._gains(mode, 1, psi.device))
 
-    def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
-        """Encode (y_sym given: returns two streams) or decode (returns y_hat).
+    def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray]) -> Tensor:
+        """The two checkerboard passes that encoder, decoder and bit map all run, in this order.
 
-        Encoder and decoder run the very same operations in the same order:
-        pass 1, anchors from the hyperprior alone; pass 2, non-anchors with the
-        context of the pass-1 anchors.
+        Pass 1 codes the anchors from the hyperprior alone; pass 2 the non-anchors with the
+        context of the pass-1 anchors.  ``code(pass, sel, params)`` codes (writes, reads or
+        costs) the symbols at ``sel`` ((M, H, W) bool) and returns them (int64); returns y_hat.
         """
         _, M2, H, W = psi.shape
         M = M2 // 2
         anchor, non_anchor = checkerboard_masks(H, W, device=psi.device)
-        decoding = y_sym is None
         y_hat = torch.zeros(1, M, H, W, device=psi.device)
-        out: list[bytes] = []
         for p, sel_mask in enumerate((anchor, non_anchor)):
             ctx = torch.zeros_like(psi) if p == 0 else self.context_prediction(y_hat * anchor)
             weights, means, scales = self._mixture(ctx, psi)
             sel = sel_mask[0].bool().expand(M, H, W)                     # (M, H, W)
-            params = self._flat_params(weights, means, scales, sel)
-            if decoding:
-                sym = StreamReader(streams[p]).read(params)
-                y_hat[0][sel] = torch.from_numpy(sym).to(y_hat)
-            else:
-                sym = y_sym[0][sel].to(torch.int64).numpy()
-                writer = StreamWriter(*support_of(sym))
-                writer.write(sym, params)
-                out.append(writer.getvalue())
-                y_hat[0][sel] = y_sym[0][sel]
-        return y_hat if decoding else out
+            sym = code(p, sel, self._flat_params(weights, means, scales, sel))
+            y_hat[0][sel] = torch.from_numpy(sym).to(y_hat)
+        return y_hat
 
-    def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
-        """Raster-order coding with the 5x5 masked context, one position at a time.
-
-        The encoder computes each position's parameters from the same 5x5 patch of
-        already-coded latents as the decoder, so both build identical tables.
-        """
+    def serial_positions(self, psi: Tensor, code: Callable[[int, int, CodingParams], np.ndarray]) -> Tensor:
+        """Raster-order coding with the 5x5 masked context, one position at a time, as encoder,
+        decoder and bit map all run it: each position's parameters come from the same 5x5 patch
+        of already-coded latents.  ``code(h, w, params)`` codes the M symbols at (h, w) and
+        returns them (int64); returns y_hat."""
         _, M2, H, W = psi.shape
         M = M2 // 2
         k = self.context_prediction.kernel_size[0]
         pad = k // 2
         weight = self.context_prediction.masked_weight()
         bias = self.context_prediction.bias
-        decoding = y_sym is None
         y_pad = torch.zeros(1, M, H + 2 * pad, W + 2 * pad, device=psi.device)
-        if decoding:
-            reader = StreamReader(streams[0])
-        else:
-            sym_all = y_sym.to(torch.int64).numpy()
-            writer = StreamWriter(*support_of(sym_all))
         sel = torch.ones(M, 1, 1, dtype=torch.bool)
         for h in range(H):
             for w in range(W):
                 patch = y_pad[:, :, h:h + k, w:w + k]                       # (1, M, k, k)
                 ctx = F.conv2d(patch, weight, bias)                         # (1, 2M, 1, 1)
                 weights, means, scales = self._mixture(ctx, psi[:, :, h:h + 1, w:w + 1])
-                params = self._flat_params(weights, means, scales, sel)
-                if decoding:
-                    sym = reader.read(params)
-                    y_pad[0, :, h + pad, w + pad] = torch.from_numpy(sym).to(y_pad)
-                else:
-                    writer.write(sym_all[0, :, h, w], params)
-                    y_pad[0, :, h + pad, w + pad] = y_sym[0, :, h, w]
-        if decoding:
-            return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
+                sym = code(h, w, self._flat_params(weights, means, scales, sel))
+                y_pad[0, :, h + pad, w + pad] = torch.from_numpy(sym).to(y_pad)
+        return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
+
+    def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+        """Encode (y_sym given: returns two streams) or decode (returns y_hat)."""
+        if y_sym is None:
+            return self.checkerboard_passes(psi, lambda p, sel, params: StreamReader(streams[p]).read(params))
+        out: list[bytes] = []
+
+        def write(p: int, sel: Tensor, params: CodingParams) -> np.ndarray:
+            sym = y_sym[0][sel].to(torch.int64).numpy()
+            writer = StreamWriter(*support_of(sym))
+            writer.write(sym, params)
+            out.append(writer.getvalue())
+            return sym
+
+        self.checkerboard_passes(psi, write)
+        return out
+
+    def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+        """Encode (y_sym given: returns one stream) or decode (returns y_hat)."""
+        if y_sym is None:
+            reader = StreamReader(streams[0])
+            return self.serial_positions(psi, lambda h, w, params: reader.read(params))
+        sym_all = y_sym.to(torch.int64).numpy()                             # (1, M, H, W)
+        writer = StreamWriter(*support_of(sym_all))
+
+        def write(h: int, w: int, params: CodingParams) -> np.ndarray:
+            writer.write(sym_all[0, :, h, w], params)
+            return sym_all[0, :, h, w]
+
+        self.serial_positions(psi, write)
         return [writer.getvalue()]
