@@ -120,7 +120,8 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
                     "|---|---:|---:|---:|---|---:|---|---|---:|\n")
         for ck in ckpts:
             raw = torch.load(ck, map_location="cpu", weights_only=True) if ck.endswith(".ckpt") else {}
-            legs = lineage(raw.get("lic_train_stats") or {})
+            # a checkpoint from before lic_train_stats: its step count only
+            legs = lineage(raw.get("lic_train_stats") or {}) or [{"steps": raw.get("global_step")}]
             lc = LicCodec.from_checkpoints([ck])
             res = evaluate(files, [lc], None, with_ms_ssim=False, progress=False)
             c = res.curves[0]

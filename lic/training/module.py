@@ -42,6 +42,7 @@ class LitCodec(L.LightningModule):
         self._seg_t0: float | None = None
         # steps at which a budget milestone dropped the LR (saved in checkpoints, so drops survive resumes)
         self._budget_drops: list[int] = []
+        self._train_device: str | None = None   # read at train start (see on_train_start)
 
     # the 0-based modes validated for a variable-rate model (default: lowest, middle, highest)
     def _val_modes(self) -> list[float | None]:
@@ -191,9 +192,10 @@ class LitCodec(L.LightningModule):
         lambdas, each mode's gain is moved by half the log-ratio of the lambdas (the gain grows like
         sqrt(lambda)), so a mode starts near its new rate.  Returns what is recorded in the stats.
         """
-        from lic.weights import load_checkpoint
+        from lic.weights import load_checkpoint, load_safetensors
 
-        src = load_checkpoint(path)
+        # a .safetensors export carries its training record in the metadata it is loaded with
+        src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
         if src.config.context != self.config.context:   # same shapes, another model: load_state_dict can't tell
             raise ValueError(f"{path}: a {src.config.context} model; this run trains a {self.config.context} one")
         self.net.load_state_dict(src.state_dict(), strict=True)
@@ -204,13 +206,8 @@ class LitCodec(L.LightningModule):
                 self.net.log_gain += shift.to(self.net.log_gain)
                 self.net.log_inv_gain -= shift.to(self.net.log_inv_gain)
         record = {"from": str(path), "lmbdas": list(old)}
-        if str(path).endswith(".safetensors"):
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                trained = (f.metadata() or {}).get("lic_trained")
-            if trained:
-                record["trained"] = json.loads(trained)
+        if meta.get("lic_trained"):
+            record["trained"] = json.loads(meta["lic_trained"])
         self._stats_base["init_from"] = record
         return record
 
@@ -223,7 +220,7 @@ class LitCodec(L.LightningModule):
                 "images_seen": int(base["images_seen"] + self._seg_images),
                 "pixels_seen": int(base["pixels_seen"] + self._seg_pixels),
                 "train_seconds": round(float(base["train_seconds"]) + elapsed, 3),
-                "device": getattr(self, "_train_device", None) or _device_name(self.device),
+                "device": self._train_device or _device_name(self.device),
                 "world_size": int(trainer.world_size) if trainer is not None else 1,
                 # > 0: a checkpoint from before these stats existed was resumed; the counts before
                 # this step are estimates (steps x batch) and its training time is not included
