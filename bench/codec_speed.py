@@ -82,7 +82,7 @@ def main() -> None:
     if use_shipped:
         for mode in args.modes or [args.mode]:
             loaded = load_model(mode=mode)
-            rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} mode {mode:g}",
+            rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} M={loaded.net.config.M} mode {mode:g}",
                                   loaded.net, images, mode))
         torch.manual_seed(0)
     for ctx in ("checkerboard",) + (() if args.skip_serial else ("serial",)):

@@ -287,7 +287,8 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
         def extra(p: argparse.ArgumentParser) -> None:
             p.add_argument("-q", "--quality", metavar="MODE", type=_finite_float, default=None,
                            help="compression mode: higher is better quality and larger; variable-rate "
-                                "models accept fractional modes (default: lic.weights.DEFAULT_MODE)")
+                                "models accept fractional modes (default: the shipped model's default_mode in "
+                                "weights/registry.json)")
             p.add_argument("--model", metavar="ID", default=None,
                            help="model name or number: "
                                 + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items()))

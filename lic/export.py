@@ -1,6 +1,7 @@
 """Export a Lightning training checkpoint to inference weights, and register them.
 
-    python -m lic.export CKPT -o weights/NAME.safetensors [--half] [--register] [--default] [--mode Q]
+    python -m lic.export CKPT -o weights/NAME.safetensors [--half] [--register] [--default]
+                         [--default-mode Q] [--mode Q]
 
 * loads ``CKPT`` with ``torch.load(weights_only=True)`` (no code from the file runs), keeps the
   model's weights (``net.*``), refuses non-finite ones;
@@ -138,11 +139,18 @@ def single_rate_mode(ckpt: dict) -> int:
     return 1
 
 
-def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False, mode: int | None = None) -> dict:
-    """Write ``out`` from a training checkpoint; returns its registry entry (``default`` False)."""
+def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False, mode: int | None = None,
+                      default_mode: float | None = None) -> dict:
+    """Write ``out`` from a training checkpoint; returns its registry entry (``default`` False).
+
+    ``default_mode``: a variable-rate model's mode for encoding without ``-q`` (registry ``default_mode``).
+    """
     from lic.weights import export
 
     net, ckpt = load_training_checkpoint(ckpt_path)
+    if default_mode is not None and not (net.config.num_modes > 1 and 1 <= default_mode <= net.config.num_modes):
+        raise ExportError(f"--default-mode {default_mode:g} is not a mode of this model "
+                          f"({net.config.num_modes} modes)")
     facts = trained_facts(ckpt, ckpt_path)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +172,8 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False
         entry["modes"] = [q]
     elif mode is not None:
         raise ExportError("--mode is for single-rate models; a variable-rate model has every mode")
+    if default_mode is not None:
+        entry["default_mode"] = float(default_mode)
     entry["half"] = bool(half)
     entry["trained"] = facts
     entry["default"] = False
@@ -217,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--half", action="store_true", help="store float weights as float16 (entropy tables stay exact)")
     p.add_argument("--register", action="store_true", help="add or replace the entry in registry.json beside OUT")
     p.add_argument("--default", action="store_true", help="with --register: make this the default model")
+    p.add_argument("--default-mode", type=float, default=None, metavar="Q",
+                   help="variable-rate models: the mode encode.py uses without -q (registry default_mode)")
     p.add_argument("--mode", type=int, default=None,
                    help="single-rate models: the compression mode to register (default: from lambda)")
     args = p.parse_args(argv)
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and out.resolve() == Path(args.checkpoint).resolve():
         p.error("OUT is the checkpoint")
     try:
-        entry = export_checkpoint(args.checkpoint, out, half=args.half, mode=args.mode)
+        entry = export_checkpoint(args.checkpoint, out, half=args.half, mode=args.mode,
+                                  default_mode=args.default_mode)
         if args.register:
             from lic.weights import weights_dir
 

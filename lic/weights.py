@@ -26,7 +26,7 @@ import torch
 from lic.container import MODEL_IDS
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
 
-DEFAULT_MODE = 3.0
+DEFAULT_MODE = 3.0   # the default mode of a registry entry without "default_mode" (and of checkpoints)
 _MODEL_KEYS = {("checkerboard", False): 1, ("serial", False): 2, ("checkerboard", True): 3, ("serial", True): 4}
 
 
@@ -199,6 +199,18 @@ def load_entry(entry: dict) -> LoadedModel:
                        fingerprint(net), source, list(entry["modes"]))
 
 
+def default_mode_of(entry: dict) -> float:
+    """A registry entry's default compression mode: its ``default_mode``, else DEFAULT_MODE (clamped)."""
+    if "default_mode" in entry:
+        return float(entry["default_mode"])
+    return float(min(max(DEFAULT_MODE, min(entry["modes"])), max(entry["modes"])))
+
+
+def default_mode(model: str | None = None) -> float:
+    """The default compression mode of the shipped model ``model`` (None: the default model)."""
+    return default_mode_of(_registry_entry(model, None))
+
+
 def load_model(mode: float | None = None, model: str | None = None, checkpoint: str | None = None) -> LoadedModel:
     """The model to encode with, at 1-based compression ``mode`` (default DEFAULT_MODE)."""
     checkpoint = checkpoint or os.environ.get("LIC_CHECKPOINT") or None
@@ -208,7 +220,8 @@ def load_model(mode: float | None = None, model: str | None = None, checkpoint: 
         if mode is None:
             mode = min(DEFAULT_MODE, float(net.config.num_modes)) if net.config.num_modes > 1 else 1.0
     else:
-        mode = DEFAULT_MODE if mode is None else mode
+        if mode is None:   # the model's own default mode (the registry's "default_mode")
+            mode = default_mode_of(_registry_entry(model, None))
         entry = _registry_entry(model, mode)
         net, source = _load_entry(entry)
         modes = list(entry["modes"])

@@ -200,6 +200,28 @@ def vr_run(tmp_path_factory, data_dirs):
     return out, metrics
 
 
+def test_export_default_mode_is_the_encoders_default(tmp_path, vr_run):
+    """--default-mode goes into the registry; encoding without a mode uses it; a mode the model
+    lacks is refused before anything is written."""
+    from lic.weights import DEFAULT_MODE, default_mode, default_mode_of, load_model
+
+    out, _ = vr_run
+    wdir = Path(os.environ["LIC_WEIGHTS_DIR"])
+    w = wdir / "vr-default-mode.safetensors"
+    cmd = [sys.executable, "-m", "lic.export", str(out / "checkpoints" / "last.ckpt"), "-o", str(w),
+           "--register", "--default"]
+    r = subprocess.run([*cmd, "--default-mode", "7"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "not a mode" in r.stderr and not w.exists()
+    r = subprocess.run([*cmd, "--default-mode", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["default_mode"] == 2.0 != DEFAULT_MODE
+    assert default_mode() == 2.0
+    assert load_model().mode == 2 and load_model(mode=5).mode == 5
+    # an entry without default_mode: DEFAULT_MODE, within the entry's modes
+    assert default_mode_of({"modes": [1, 2, 3, 4, 5, 6]}) == DEFAULT_MODE
+    assert default_mode_of({"modes": [1, 2]}) == 2.0 and default_mode_of({"modes": [5]}) == 5.0
+
+
 def test_wandb_offline_writes_run_folder(tmp_path, data_dirs):
     import wandb
 

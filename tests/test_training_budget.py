@@ -176,11 +176,11 @@ A = [0.001, 0.004, 0.016]
 B = [0.002, 0.004, 0.004]   # mode 1: x2, mode 2: same, mode 3: /4
 
 
-def _vr_net(lmbdas, N=8, num_modes=3, context="checkerboard", seed=1):
+def _vr_net(lmbdas, N=8, num_modes=3, context="checkerboard", seed=1, M=None):
     from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
 
     torch.manual_seed(seed)
-    cfg = {"N": N, "num_modes": num_modes, "context": context}
+    cfg = {"N": N, "num_modes": num_modes, "context": context, "M": M}
     if num_modes > 1:
         cfg["lmbdas"] = lmbdas
     net = Cheng2020GMM(ModelConfig.from_dict(cfg))
@@ -245,8 +245,9 @@ def test_init_weights_from_same_lambdas_is_exact_copy(tmp_path):
     assert "trained" not in record
 
 
-@pytest.mark.parametrize("src_kw", [{"N": 16}, {"num_modes": 4}, {"num_modes": 1}, {"context": "serial"}],
-                         ids=["N", "num_modes", "single-rate", "context"])
+# (another number of modes, or a narrower y, is accepted: tests/test_widen.py)
+@pytest.mark.parametrize("src_kw", [{"N": 16}, {"M": 16}, {"num_modes": 1}, {"context": "serial"}],
+                         ids=["N", "wider-y", "single-rate", "context"])
 def test_init_weights_from_refuses_other_architectures(tmp_path, src_kw):
     lm = [0.001 * (i + 1) for i in range(src_kw.get("num_modes", 3))]
     path = _export(_vr_net(lm, **src_kw), tmp_path / "other.safetensors")

@@ -72,7 +72,11 @@ def run(cfg: DictConfig) -> EvalResult:
                       title=f"{cfg.dataset.name} ({len(files)} images)")
     if cfg.side_by_side.enabled:
         try:
-            mode = float(cfg.side_by_side.mode)
+            mode = cfg.side_by_side.mode
+            if mode is None:   # the shipped model's default mode (a checkpoint: lic.weights.DEFAULT_MODE)
+                from lic.weights import DEFAULT_MODE, default_mode
+                mode = DEFAULT_MODE if cfg.model.checkpoints else default_mode(cfg.model.name)
+            mode = float(mode)
             mode = min(lic_codec.settings, key=lambda s: abs(s - mode))
             for p in side_by_side_standard(lic_codec, mode, out / "side_by_side", names=list(cfg.side_by_side.names)):
                 result.files[f"side_by_side.{p.suffix[1:]}"] = p

@@ -188,24 +188,32 @@ class LitCodec(L.LightningModule):
     def init_weights_from(self, path: str) -> dict:
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
-        The architectures must match.  If the two variable-rate models give their modes different
-        lambdas, each mode's gain is moved by half the log-ratio of the lambdas (the gain grows like
-        sqrt(lambda)), so a mode starts near its new rate.  Returns what is recorded in the stats.
+        The source must be the same model (N, K, context; variable-rate or not), with y as wide as
+        this one's or narrower: a narrower y is widened without changing what the model computes
+        (``lic.training.widen``).  Gains of a variable-rate model: with the same number of modes, mode
+        i stays mode i and moves by half the log-ratio of its lambdas (the gain grows like
+        sqrt(lambda)); with another number of modes, each mode takes the gain of its lambda on the
+        source's learned gain curve.  Returns what is recorded in the stats.
         """
+        from lic.training.widen import check_widenable, widened_state
         from lic.weights import load_checkpoint, load_safetensors
 
         # a .safetensors export carries its training record in the metadata it is loaded with
         src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
-        if src.config.context != self.config.context:   # same shapes, another model: load_state_dict can't tell
-            raise ValueError(f"{path}: a {src.config.context} model; this run trains a {self.config.context} one")
-        self.net.load_state_dict(src.state_dict(), strict=True)
+        check_widenable(src, self.net)
         old, new = tuple(src.config.lmbdas), tuple(self.config.lmbdas)
-        if self.config.num_modes > 1 and old and new and old != new:
-            shift = 0.5 * torch.log(torch.tensor(new) / torch.tensor(old))[:, None]  # (modes, 1)
-            with torch.no_grad():
-                self.net.log_gain += shift.to(self.net.log_gain)
-                self.net.log_inv_gain -= shift.to(self.net.log_inv_gain)
+        if src.config.M == self.config.M and src.config.num_modes == self.config.num_modes:
+            self.net.load_state_dict(src.state_dict(), strict=True)
+            if self.config.num_modes > 1 and old and new and old != new:
+                shift = 0.5 * torch.log(torch.tensor(new) / torch.tensor(old))[:, None]  # (modes, 1)
+                with torch.no_grad():
+                    self.net.log_gain += shift.to(self.net.log_gain)
+                    self.net.log_inv_gain -= shift.to(self.net.log_inv_gain)
+        else:
+            self.net.load_state_dict(widened_state(src, self.net), strict=True)
         record = {"from": str(path), "lmbdas": list(old)}
+        if src.config.M != self.config.M:
+            record["M"] = src.config.M
         if meta.get("lic_trained"):
             record["trained"] = json.loads(meta["lic_trained"])
         self._stats_base["init_from"] = record

@@ -1,0 +1,119 @@
+"""Start a wider model from a trained narrower one: y grows from M_src to M channels (M >= M_src),
+and a variable-rate model may change its number of modes.
+
+Function-preserving ("net2net") widening: every tensor of the new model that has a y-sized (M)
+dimension, or one derived from it (the attention blocks' M/2 hidden units, the context and hyper
+features 2M, the entropy-parameter hidden widths 10M/3 and 8M/3, the 3KM mixture outputs), gets
+the source tensor in the block of the old channels; the weights from NEW input channels to OLD
+output channels are zero; the weights of new output channels keep the new model's random init
+(so new channels differ from each other and can learn).  Every nonlinearity in Cheng 2020 is
+element-wise (LeakyReLU, ReLU, the attention gate's sigmoid, residual sums), so the old channels
+compute exactly what they computed before: the widened model's x_hat and the likelihoods of the
+old y channels are the source's.  The new y channels start with no influence on x_hat (zero
+columns in g_s and h_a) and learn their use in training.
+
+Gains of a variable-rate model: a mode keeps the gain of its lambda on the source's learned curve
+(log gain piecewise linear in log lambda between the source's modes, slope +-1/2 beyond them,
+as the gain grows like sqrt(lambda)); new channels take the mean over the old ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lic.models.cheng2020 import Cheng2020GMM
+
+GAIN_KEYS = {"log_gain": 0.5, "log_inv_gain": -0.5}   # parameter -> slope in log lambda
+
+
+def check_widenable(src: Cheng2020GMM, dst: Cheng2020GMM) -> None:
+    """Raise ValueError unless ``dst`` can start from ``src`` (same model but y as wide or wider)."""
+    s, d = src.config, dst.config
+    for field in ("N", "K", "context"):
+        if getattr(s, field) != getattr(d, field):
+            raise ValueError(f"init_from: the source has {field}={getattr(s, field)!r}, "
+                             f"this run trains {field}={getattr(d, field)!r}")
+    if s.M > d.M:
+        raise ValueError(f"init_from: the source's y has {s.M} channels, more than this run's {d.M}")
+    if (s.num_modes > 1) != (d.num_modes > 1):
+        raise ValueError("init_from: a variable-rate model starts only from a variable-rate model, "
+                         "a single-rate one only from a single-rate one")
+
+
+def gains_for(log_gain: Tensor, src_lmbdas, new_lmbdas, slope: float) -> Tensor:
+    """(modes_src, C) log gains -> (modes_new, C): each new lambda's point on the source's curve."""
+    xs = np.log(np.asarray(src_lmbdas, dtype=np.float64))
+    order = np.argsort(xs, kind="stable")
+    xs, g = xs[order], log_gain.detach().double().cpu().numpy()[order]        # (modes_src, C)
+    out = []
+    for x in np.log(np.asarray(new_lmbdas, dtype=np.float64)):
+        if x <= xs[0]:
+            out.append(g[0] + slope * (x - xs[0]))
+        elif x >= xs[-1]:
+            out.append(g[-1] + slope * (x - xs[-1]))
+        else:
+            j = int(np.searchsorted(xs, x, side="right")) - 1                   # xs[j] <= x < xs[j+1]
+            f = (x - xs[j]) / (xs[j + 1] - xs[j])
+            out.append((1 - f) * g[j] + f * g[j + 1])
+    return torch.tensor(np.stack(out), dtype=log_gain.dtype)
+
+
+def _index_map(key: str, dim: int, old: int, new: int, m_src: int, M: int, K: int) -> Tensor:
+    """Where the source's index i of this dimension sits in the new tensor."""
+    if key.startswith("entropy_parameters.0.") and dim == 1:          # cat([ctx (2M), psi (2M)])
+        i = torch.arange(2 * m_src)
+        return torch.cat([i, 2 * M + i])
+    if key.startswith("entropy_parameters.4.") and dim == 0:          # (3, K, M) flattened
+        p, k, c = torch.meshgrid(torch.arange(3), torch.arange(K), torch.arange(m_src), indexing="ij")
+        return (p * K * M + k * M + c).reshape(-1)
+    return torch.arange(old)                                          # the old channels first
+
+
+def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) -> dict[str, Tensor]:
+    """``dst``'s state dict with ``src`` embedded (see the module docstring); ``dst`` is unchanged."""
+    check_widenable(src, dst)
+    m_src, M, K = src.config.M, dst.config.M, dst.config.K
+    s_state, out = src.state_dict(), {}
+    extra = sorted(set(s_state) - set(dst.state_dict()))
+    if extra:
+        raise ValueError(f"init_from: the source has tensors this model lacks: {extra[:3]}")
+    for key, fresh in dst.state_dict().items():
+        t = fresh.detach().clone()
+        if key.startswith("entropy_bottleneck."):   # z's model: N channels, unchanged
+            out[key] = s_state[key].detach().clone()
+            continue
+        if key in GAIN_KEYS:
+            g = gains_for(s_state[key], src.config.lmbdas, dst.config.lmbdas, GAIN_KEYS[key])
+            t[:, :m_src] = g.to(t)
+            t[:, m_src:] = g.mean(dim=1, keepdim=True).to(t)
+        elif key not in s_state:
+            # a 1x1 skip that exists only because M != N now (g_s's ResidualBlock(M, N)): the old
+            # block's identity skip, on the old channels
+            if not key.endswith((".skip.weight", ".skip.bias")):
+                raise ValueError(f"init_from: no source tensor for {key}")
+            t.zero_()
+            if key.endswith(".weight"):
+                n = min(t.shape[0], m_src)
+                t[torch.arange(n), torch.arange(n), 0, 0] = 1.0
+        else:
+            s = s_state[key]
+            if s.shape == t.shape:
+                out[key] = s.detach().clone()
+                continue
+            if s.dim() != t.dim() or any(a > b for a, b in zip(s.shape, t.shape)):
+                raise ValueError(f"init_from: {key} has shape {tuple(s.shape)}, cannot widen to {tuple(t.shape)}")
+            rows = _index_map(key, 0, s.shape[0], t.shape[0], m_src, M, K)
+            t *= new_scale                                           # the new outputs' init
+            if s.dim() == 1:
+                t[rows] = s.to(t)
+            else:
+                cols = _index_map(key, 1, s.shape[1], t.shape[1], m_src, M, K)
+                new_cols = torch.ones(t.shape[1], dtype=torch.bool)
+                new_cols[cols] = False
+                block = t[rows]                                      # (old rows, all cols, ...)
+                block[:, cols] = s.to(t)
+                block[:, new_cols] = 0.0                             # old outputs ignore new inputs
+                t[rows] = block
+        out[key] = t
+    return out

@@ -1,0 +1,136 @@
+"""Widening y (M) of a trained model for init_from: what the old channels compute is unchanged."""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
+from lic.training.widen import check_widenable, gains_for, widened_state
+
+
+def _net(seed=1, **kw) -> Cheng2020GMM:
+    torch.manual_seed(seed)
+    net = Cheng2020GMM(ModelConfig(**kw))
+    with torch.no_grad():   # unlike any fresh init, so a copy is recognisable
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return net.eval()
+
+
+def _widen(src: Cheng2020GMM, **changes) -> Cheng2020GMM:
+    torch.manual_seed(99)
+    dst = Cheng2020GMM(replace(src.config, **changes))
+    dst.load_state_dict(widened_state(src, dst), strict=True)
+    return dst.eval()
+
+
+@pytest.mark.parametrize("context", ["checkerboard", "serial"])
+@pytest.mark.parametrize("src_M", [8, 12], ids=["M=N", "M>N"])
+def test_widened_model_computes_what_the_source_did(context, src_M):
+    """x_hat, z's likelihoods and the old y channels' likelihoods are the source's (training and
+    eval forward), for a source with M = N (no 1x1 skip in g_s) and with M != N."""
+    lm = (0.002, 0.01, 0.05)
+    src = _net(N=8, M=src_M, context=context, num_modes=3, lmbdas=lm)
+    dst = _widen(src, M=24)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for mode in (0.0, 1.5, 2.0):
+            a, b = src(x, mode=mode), dst(x, mode=mode)
+            torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b.z_likelihoods, a.z_likelihoods, rtol=0, atol=1e-6)
+            torch.testing.assert_close(b.y_likelihoods[:, :src_M], a.y_likelihoods, rtol=0, atol=1e-5)
+            # the new channels are real channels: they cost bits
+            assert (b.y_likelihoods[:, src_M:] < 1).any()
+
+
+def test_new_channels_start_small_distinct_and_without_influence():
+    src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    dst = _widen(src, M=24)
+    w = dst.state_dict()
+    # nothing reads the new y channels yet: g_s's first layers and h_a see zero weights from them
+    for key in ("g_s.1.conv1.weight", "g_s.1.skip.weight", "h_a.0.weight"):
+        assert torch.count_nonzero(w[key][:, 8:]) == 0, key
+    # g_s's new 1x1 skip is the identity the M = N block had
+    torch.testing.assert_close(w["g_s.1.skip.weight"][:, :8, 0, 0], torch.eye(8), rtol=0, atol=0)
+    # the new rows of g_a's last conv are random (symmetry broken), scaled down from a fresh init
+    new_rows = w["g_a.7.weight"][8:].flatten(1)
+    assert torch.unique(new_rows, dim=0).shape[0] == 16
+    torch.manual_seed(99)
+    fresh = Cheng2020GMM(replace(src.config, M=24)).state_dict()["g_a.7.weight"][8:]
+    assert new_rows.abs().mean() < 0.5 * fresh.abs().mean()
+    # old rows are the source's
+    assert torch.equal(w["g_a.7.weight"][:8], src.state_dict()["g_a.7.weight"])
+    # new channels' gains: the mean of the old channels' per mode
+    torch.testing.assert_close(w["log_gain"][:, 8:], src.log_gain.detach().mean(1, keepdim=True).expand(3, 16))
+
+
+def test_mixture_head_outputs_keep_their_meaning():
+    """entropy_parameters' output is (3 params, K, M) flattened: each old (param, k, channel)
+    row lands where the wider model reads that same (param, k, channel)."""
+    src = _net(N=8, num_modes=1)
+    dst = _widen(src, M=16)
+    ws, wd = src.state_dict()["entropy_parameters.4.bias"], dst.state_dict()["entropy_parameters.4.bias"]
+    assert torch.equal(ws.reshape(3, 3, 8), wd.reshape(3, 3, 16)[:, :, :8])
+    ins, ind = src.state_dict()["entropy_parameters.0.weight"], dst.state_dict()["entropy_parameters.0.weight"]
+    rows = ins.shape[0]
+    assert torch.equal(ind[:rows, :16], ins[:, :16])          # context features (2M) first
+    assert torch.equal(ind[:rows, 32:48], ins[:, 16:32])      # then hyper features (2M)
+    assert torch.count_nonzero(ind[:rows, 16:32]) == 0 and torch.count_nonzero(ind[:rows, 48:]) == 0
+
+
+def test_gains_follow_the_learned_curve_between_modes_and_sqrt_lambda_beyond():
+    lm = [0.001, 0.004, 0.016]
+    g = torch.tensor([[0.0, 1.0], [1.0, 3.0], [2.0, 4.0]])
+    assert torch.equal(gains_for(g, lm, lm, 0.5), g)                        # same lambdas: the same
+    mid = gains_for(g, lm, [0.002], 0.5)                                    # halfway in log lambda
+    torch.testing.assert_close(mid, torch.tensor([[0.5, 2.0]]))
+    beyond = gains_for(g, lm, [0.064, 0.00025], 0.5)                       # x4 past each end
+    torch.testing.assert_close(beyond, torch.tensor([[2 + 0.5 * math.log(4), 4 + 0.5 * math.log(4)],
+                                                     [0 - 0.5 * math.log(4), 1 - 0.5 * math.log(4)]]))
+    # inverse gains go the other way
+    inv = gains_for(-g, lm, [0.064], -0.5)
+    torch.testing.assert_close(inv, -beyond[:1])
+
+
+def test_more_modes_from_fewer():
+    src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    dst = _widen(src, M=16, num_modes=5, lmbdas=(0.001, 0.002, 0.01, 0.05, 0.1))
+    # a mode whose lambda the source had is that mode of the source
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x, mode=1.0).x_hat, src(x, mode=0.0).x_hat, rtol=0, atol=1e-5)
+        torch.testing.assert_close(dst(x, mode=3.0).x_hat, src(x, mode=2.0).x_hat, rtol=0, atol=1e-5)
+    assert (dst.log_gain[0, :8] < src.log_gain[0]).all() and (dst.log_gain[4, :8] > src.log_gain[2]).all()
+
+
+@pytest.mark.parametrize("change", [{"N": 16}, {"K": 2}, {"context": "serial"}, {"M": 4},
+                                    {"num_modes": 1, "lmbdas": ()}],
+                         ids=["N", "K", "context", "narrower", "single-rate"])
+def test_refuses_what_it_cannot_widen(change):
+    src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    torch.manual_seed(0)
+    dst = Cheng2020GMM(replace(src.config, **change))
+    with pytest.raises(ValueError, match="init_from"):
+        check_widenable(src, dst)
+    with pytest.raises(ValueError, match="init_from"):
+        widened_state(src, dst)
+
+
+def test_init_weights_from_a_narrower_model_records_it(tmp_path):
+    from lic.training.module import LitCodec
+    from lic.weights import export
+
+    src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    path = tmp_path / "narrow.safetensors"
+    export(src, path)
+    module = LitCodec({"N": 8, "M": 16, "num_modes": 4, "lmbdas": [0.001, 0.002, 0.01, 0.05]}, lmbda=None)
+    record = module.init_weights_from(str(path))
+    assert record["M"] == 8 and record["lmbdas"] == [0.002, 0.01, 0.05]
+    assert module.train_stats()["init_from"] == record
+    x = torch.rand(1, 3, 64, 64)
+    module.net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.net(x, mode=1.0).x_hat, src(x, mode=0.0).x_hat, rtol=0, atol=1e-5)
