@@ -46,6 +46,32 @@ def test_widened_model_computes_what_the_source_did(context, src_M):
             assert (b.y_likelihoods[:, src_M:] < 1).any()
 
 
+@pytest.mark.parametrize("context", ["checkerboard", "serial"])
+@pytest.mark.parametrize("N,M", [(16, 12), (16, 24), (12, 32)])
+def test_wider_transforms_compute_what_the_source_did(context, N, M):
+    """N grows too (GDN, pixel-shuffle convolutions, attention, z's entropy bottleneck)."""
+    src = _net(N=8, M=12, context=context, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    dst = _widen(src, N=N, M=M)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for mode in (0.0, 2.0):
+            a, b = src(x, mode=mode), dst(x, mode=mode)
+            torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b.z_likelihoods[:, :8], a.z_likelihoods, rtol=0, atol=1e-6)
+            torch.testing.assert_close(b.y_likelihoods[:, :12], a.y_likelihoods, rtol=0, atol=1e-5)
+    # GDN: old channels do not see new ones (gamma 0 in compressai's storage), new ones are fresh
+    gdn = dst.g_a[0].gdn
+    gamma = gdn.gamma_reparam(gdn.gamma)
+    assert torch.count_nonzero(gamma[:8, 8:]) == 0
+    assert (torch.diagonal(gamma)[8:] > 0.05).all() and (gdn.beta_reparam(gdn.beta)[8:] > 0.5).all()
+
+
+def test_a_learned_skip_cannot_become_an_identity():
+    src = _net(N=8, M=12, num_modes=3, lmbdas=(0.002, 0.01, 0.05))   # g_s.1 has a 1x1 skip (M != N)
+    with pytest.raises(ValueError, match="init_from"):
+        widened_state(src, Cheng2020GMM(replace(src.config, N=12, M=12)))
+
+
 def test_new_channels_start_small_distinct_and_without_influence():
     src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
     dst = _widen(src, M=24)
@@ -106,9 +132,9 @@ def test_more_modes_from_fewer():
     assert (dst.log_gain[0, :8] < src.log_gain[0]).all() and (dst.log_gain[4, :8] > src.log_gain[2]).all()
 
 
-@pytest.mark.parametrize("change", [{"N": 16}, {"K": 2}, {"context": "serial"}, {"M": 4},
+@pytest.mark.parametrize("change", [{"N": 4}, {"K": 2}, {"context": "serial"}, {"M": 4},
                                     {"num_modes": 1, "lmbdas": ()}],
-                         ids=["N", "K", "context", "narrower", "single-rate"])
+                         ids=["narrower-N", "K", "context", "narrower-M", "single-rate"])
 def test_refuses_what_it_cannot_widen(change):
     src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
     torch.manual_seed(0)

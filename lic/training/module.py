@@ -188,9 +188,9 @@ class LitCodec(L.LightningModule):
     def init_weights_from(self, path: str) -> dict:
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
-        The source must be the same model (N, K, context; variable-rate or not), with y as wide as
-        this one's or narrower: a narrower y is widened without changing what the model computes
-        (``lic.training.widen``).  Gains of a variable-rate model: with the same number of modes, mode
+        The source must be the same model (K, context; variable-rate or not), with transforms (N)
+        and y (M) as wide as this one's or narrower: a narrower model is widened without changing
+        what it computes (``lic.training.widen``).  Gains of a variable-rate model: with the same number of modes, mode
         i stays mode i and moves by half the log-ratio of its lambdas (the gain grows like
         sqrt(lambda)); with another number of modes, each mode takes the gain of its lambda on the
         source's learned gain curve.  Returns what is recorded in the stats.
@@ -202,7 +202,8 @@ class LitCodec(L.LightningModule):
         src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
         check_widenable(src, self.net)
         old, new = tuple(src.config.lmbdas), tuple(self.config.lmbdas)
-        if src.config.M == self.config.M and src.config.num_modes == self.config.num_modes:
+        same_size = (src.config.N, src.config.M) == (self.config.N, self.config.M)
+        if same_size and src.config.num_modes == self.config.num_modes:
             self.net.load_state_dict(src.state_dict(), strict=True)
             if self.config.num_modes > 1 and old and new and old != new:
                 shift = 0.5 * torch.log(torch.tensor(new) / torch.tensor(old))[:, None]  # (modes, 1)
@@ -214,6 +215,8 @@ class LitCodec(L.LightningModule):
         record = {"from": str(path), "lmbdas": list(old)}
         if src.config.M != self.config.M:
             record["M"] = src.config.M
+        if src.config.N != self.config.N:
+            record["N"] = src.config.N
         if meta.get("lic_trained"):
             record["trained"] = json.loads(meta["lic_trained"])
         self._stats_base["init_from"] = record

@@ -1,16 +1,20 @@
-"""Start a wider model from a trained narrower one: y grows from M_src to M channels (M >= M_src),
-and a variable-rate model may change its number of modes.
+"""Start a wider model from a trained narrower one: the transforms grow from N_src to N channels
+and y from M_src to M (N >= N_src, M >= M_src), and a variable-rate model may change its number
+of modes.
 
 Function-preserving ("net2net") widening: every tensor of the new model that has a y-sized (M)
 dimension, or one derived from it (the attention blocks' M/2 hidden units, the context and hyper
 features 2M, the entropy-parameter hidden widths 10M/3 and 8M/3, the 3KM mixture outputs), gets
 the source tensor in the block of the old channels; the weights from NEW input channels to OLD
 output channels are zero; the weights of new output channels keep the new model's random init
-(so new channels differ from each other and can learn).  Every nonlinearity in Cheng 2020 is
-element-wise (LeakyReLU, ReLU, the attention gate's sigmoid, residual sums), so the old channels
-compute exactly what they computed before: the widened model's x_hat and the likelihoods of the
-old y channels are the source's.  The new y channels start with no influence on x_hat (zero
-columns in g_s and h_a) and learn their use in training.
+(so new channels differ from each other and can learn), scaled down (``new_scale``) in the
+convolutions.  Every nonlinearity in Cheng 2020 is element-wise (LeakyReLU, ReLU, the attention
+gate's sigmoid, residual sums) except (I)GDN, whose gamma gets the same zero block (in its
+reparametrised storage), so the old channels compute exactly what they computed before: the
+widened model's x_hat and the likelihoods of the old y and z channels are the source's.  New
+channels start with no influence on them and learn their use in training.  The pixel-shuffle
+convolutions need no special care: their output channel c * r^2 + j keeps its index.  New z
+channels (N grows) get fresh density models in the entropy bottleneck.
 
 Gains of a variable-rate model: a mode keeps the gain of its lambda on the source's learned curve
 (log gain piecewise linear in log lambda between the source's modes, slope +-1/2 beyond them,
@@ -28,14 +32,19 @@ GAIN_KEYS = {"log_gain": 0.5, "log_inv_gain": -0.5}   # parameter -> slope in lo
 
 
 def check_widenable(src: Cheng2020GMM, dst: Cheng2020GMM) -> None:
-    """Raise ValueError unless ``dst`` can start from ``src`` (same model but y as wide or wider)."""
+    """Raise ValueError unless ``dst`` can start from ``src`` (same model, as wide or wider)."""
     s, d = src.config, dst.config
-    for field in ("N", "K", "context"):
+    for field in ("K", "context"):
         if getattr(s, field) != getattr(d, field):
             raise ValueError(f"init_from: the source has {field}={getattr(s, field)!r}, "
                              f"this run trains {field}={getattr(d, field)!r}")
     if s.M > d.M:
         raise ValueError(f"init_from: the source's y has {s.M} channels, more than this run's {d.M}")
+    if s.N > d.N:
+        raise ValueError(f"init_from: the source's transforms have N={s.N} channels, more than this run's {d.N}")
+    if s.M != s.N and d.M == d.N:
+        # the source's g_s starts with a learned 1x1 skip (M -> N) that an identity skip cannot hold
+        raise ValueError(f"init_from: the source has M={s.M} != N={s.N}, this run M = N = {d.N}")
     if (s.num_modes > 1) != (d.num_modes > 1):
         raise ValueError("init_from: a variable-rate model starts only from a variable-rate model, "
                          "a single-rate one only from a single-rate one")
@@ -73,38 +82,42 @@ def _index_map(key: str, dim: int, old: int, new: int, m_src: int, M: int, K: in
 def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) -> dict[str, Tensor]:
     """``dst``'s state dict with ``src`` embedded (see the module docstring); ``dst`` is unchanged."""
     check_widenable(src, dst)
-    m_src, M, K = src.config.M, dst.config.M, dst.config.K
+    m_src, n_src, M, K = src.config.M, src.config.N, dst.config.M, dst.config.K
     s_state, out = src.state_dict(), {}
     extra = sorted(set(s_state) - set(dst.state_dict()))
     if extra:
         raise ValueError(f"init_from: the source has tensors this model lacks: {extra[:3]}")
+    zero_of = _gdn_zeros(dst)
     for key, fresh in dst.state_dict().items():
         t = fresh.detach().clone()
-        if key.startswith("entropy_bottleneck."):   # z's model: N channels, unchanged
-            out[key] = s_state[key].detach().clone()
-            continue
-        if key in GAIN_KEYS:
-            g = gains_for(s_state[key], src.config.lmbdas, dst.config.lmbdas, GAIN_KEYS[key])
+        s = s_state.get(key)
+        if key.startswith("entropy_bottleneck.") and s is not None and s.shape != t.shape:
+            if key.split(".")[-1] in ("_offset", "_quantized_cdf", "_cdf_length"):
+                out[key] = t           # coding tables: rebuilt by update() for the new channels
+                continue
+            t[: s.shape[0]] = s.to(t)  # z's learned densities: old channels copied, new ones fresh
+        elif key in GAIN_KEYS:
+            g = gains_for(s, src.config.lmbdas, dst.config.lmbdas, GAIN_KEYS[key])
             t[:, :m_src] = g.to(t)
             t[:, m_src:] = g.mean(dim=1, keepdim=True).to(t)
-        elif key not in s_state:
+        elif s is None:
             # a 1x1 skip that exists only because M != N now (g_s's ResidualBlock(M, N)): the old
             # block's identity skip, on the old channels
             if not key.endswith((".skip.weight", ".skip.bias")):
                 raise ValueError(f"init_from: no source tensor for {key}")
             t.zero_()
             if key.endswith(".weight"):
-                n = min(t.shape[0], m_src)
+                n = min(n_src, m_src)
                 t[torch.arange(n), torch.arange(n), 0, 0] = 1.0
+        elif s.shape == t.shape:
+            out[key] = s.detach().clone()
+            continue
         else:
-            s = s_state[key]
-            if s.shape == t.shape:
-                out[key] = s.detach().clone()
-                continue
             if s.dim() != t.dim() or any(a > b for a, b in zip(s.shape, t.shape)):
                 raise ValueError(f"init_from: {key} has shape {tuple(s.shape)}, cannot widen to {tuple(t.shape)}")
             rows = _index_map(key, 0, s.shape[0], t.shape[0], m_src, M, K)
-            t *= new_scale                                           # the new outputs' init
+            if key.rsplit(".", 1)[0] + ".gamma" not in zero_of:    # GDN's new channels: fresh init
+                t *= new_scale                                       # the new outputs' init
             if s.dim() == 1:
                 t[rows] = s.to(t)
             else:
@@ -113,7 +126,19 @@ def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) 
                 new_cols[cols] = False
                 block = t[rows]                                      # (old rows, all cols, ...)
                 block[:, cols] = s.to(t)
-                block[:, new_cols] = 0.0                             # old outputs ignore new inputs
+                block[:, new_cols] = zero_of.get(key, 0.0)           # old outputs ignore new inputs
                 t[rows] = block
         out[key] = t
     return out
+
+
+def _gdn_zeros(net: Cheng2020GMM) -> dict[str, float]:
+    """State-dict key of each (I)GDN gamma -> the stored value that means gamma = 0 (compressai
+    keeps sqrt(gamma + pedestal), lower-bounded): what "no weight" is in that storage."""
+    from compressai.layers import GDN
+
+    zeros = {}
+    for name, mod in net.named_modules():
+        if isinstance(mod, GDN):
+            zeros[f"{name}.gamma"] = float(mod.gamma_reparam.init(torch.zeros(1)).item())
+    return zeros
