@@ -25,11 +25,19 @@ class LitCodec(L.LightningModule):
     def __init__(self, model: dict, lmbda: float | None = 0.0067, lr: float = 1e-4, aux_lr: float = 1e-3,
                  lr_milestones: list[int] | tuple[int, ...] = (), lr_gamma: float = 0.1, warmup_steps: int = 0,
                  val_real_images: int = 2, val_modes: list[float] | None = None,
-                 lr_budget_milestones: list[float] | tuple[float, ...] = ()):
+                 lr_budget_milestones: list[float] | tuple[float, ...] = (),
+                 train_only: list[str] | tuple[str, ...] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(model)
         self.net = Cheng2020GMM(self.config)
+        if train_only:   # e.g. [g_s, log_inv_gain]: the rest frozen (not in the optimizer)
+            names = {n.split(".")[0] for n, _ in self.net.named_parameters()}
+            unknown = sorted(set(train_only) - names)
+            if unknown:
+                raise ValueError(f"train_only: no parameters named {unknown} (the model has {sorted(names)})")
+            for n, p in self.net.named_parameters():
+                p.requires_grad_(n.split(".")[0] in train_only)
         if self.config.num_modes > 1:
             lm = torch.tensor(self.config.lmbdas or [lmbda] * self.config.num_modes, dtype=torch.float32)
             self.register_buffer("lmbdas", lm, persistent=False)
@@ -107,10 +115,12 @@ class LitCodec(L.LightningModule):
                       batch_size=len(bpps), sync_dist=True)
 
     def configure_optimizers(self):
-        aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
-        main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles")]
-        opt = torch.optim.Adam([{"params": main, "lr": self.hparams.lr},
-                                {"params": aux, "lr": self.hparams.aux_lr}])
+        aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+        main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+        groups = [{"params": main, "lr": self.hparams.lr}]
+        if aux:   # (train_only may freeze the entropy bottleneck)
+            groups.append({"params": aux, "lr": self.hparams.aux_lr})
+        opt = torch.optim.Adam(groups)
         milestones = sorted(self.hparams.lr_milestones or [])
         gamma, warm = self.hparams.lr_gamma, self.hparams.warmup_steps
 
@@ -119,7 +129,7 @@ class LitCodec(L.LightningModule):
             return f * min(1.0, (step + 1) / warm) if warm else f
 
         # the aux group keeps its rate: quantiles must keep tracking the latents
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, lambda step: 1.0])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, lambda step: 1.0][: len(groups)])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):

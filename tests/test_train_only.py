@@ -1,0 +1,42 @@
+"""model.train_only: train some parts (decoder fine-tuning: g_s), freeze the rest."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lic.training.module import LitCodec
+
+CFG = {"N": 8, "num_modes": 3, "lmbdas": [0.002, 0.01, 0.05], "ste_synthesis": True}
+
+
+def test_only_the_named_parts_train_and_the_rate_cannot_change():
+    torch.manual_seed(0)
+    module = LitCodec(CFG, lmbda=None, lr=1e-2, train_only=["g_s", "log_inv_gain"])
+    opt = module.configure_optimizers()["optimizer"]
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    for n, p in module.net.named_parameters():
+        trains = n.startswith("g_s.") or n == "log_inv_gain"
+        assert p.requires_grad == trains and (id(p) in in_opt) == trains, n
+    assert len(opt.param_groups) == 1          # the entropy bottleneck's quantiles are frozen too
+
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    x = torch.rand(2, 3, 64, 64)
+    module.net.eval()
+    with torch.no_grad():
+        rate0 = module.net(x, mode=1.0).bpp_est()
+    module.net.train()
+    for _ in range(3):
+        opt.zero_grad()
+        module.training_step(x, 0).backward()
+        opt.step()
+    after = module.net.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("g_s.") or k == "log_inv_gain" for k in changed), changed
+    module.net.eval()
+    with torch.no_grad():
+        assert torch.equal(module.net(x, mode=1.0).bpp_est(), rate0)   # encoder and entropy model untouched
+
+
+def test_unknown_part_is_refused():
+    with pytest.raises(ValueError, match="train_only"):
+        LitCodec(CFG, lmbda=None, train_only=["g_z"])
