@@ -66,6 +66,13 @@ def test_wider_transforms_compute_what_the_source_did(context, N, M):
     assert (torch.diagonal(gamma)[8:] > 0.05).all() and (gdn.beta_reparam(gdn.beta)[8:] > 0.5).all()
 
 
+def test_same_z_keeps_the_coding_tables():
+    src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    src.update(force=True)
+    dst = _widen(src, M=16)
+    assert torch.equal(dst.entropy_bottleneck._quantized_cdf, src.entropy_bottleneck._quantized_cdf)
+
+
 def test_a_learned_skip_cannot_become_an_identity():
     src = _net(N=8, M=12, num_modes=3, lmbdas=(0.002, 0.01, 0.05))   # g_s.1 has a 1x1 skip (M != N)
     with pytest.raises(ValueError, match="init_from"):

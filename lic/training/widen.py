@@ -92,6 +92,9 @@ def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) 
         t = fresh.detach().clone()
         s = s_state.get(key)
         if key.startswith("entropy_bottleneck.") and s is not None and s.shape != t.shape:
+            if n_src == dst.config.N:  # the same z: its coding tables as they are (load resizes them)
+                out[key] = s.detach().clone()
+                continue
             if key.split(".")[-1] in ("_offset", "_quantized_cdf", "_cdf_length"):
                 out[key] = t           # coding tables: rebuilt by update() for the new channels
                 continue
