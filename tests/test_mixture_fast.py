@@ -47,6 +47,20 @@ def test_tables_are_bit_identical_to_the_reference(lo, hi, spread):
     assert np.array_equal(fast.view(np.uint64), ref.view(np.uint64))
 
 
+def test_non_finite_parameters_give_the_same_non_finite_tables():
+    """NaN / inf parameters (a broken network) gave NaN tables, which the coder refuses; still so."""
+    p = random_params(200, 4.0, seed=3)
+    means, scales = p.means.copy(), p.scales.copy()
+    means[5, 0], means[6, 1], scales[7, 2], scales[8, 0] = np.nan, np.inf, np.nan, np.inf
+    bad = mx.CodingParams(p.weights, means, scales)
+    fast, ref = mx.mixture_pmf(bad, -6, 6), reference_pmf(bad, -6, 6)
+    assert np.isnan(ref).any()
+    assert np.array_equal(fast, ref, equal_nan=True)
+    enc = constriction.stream.queue.RangeEncoder()
+    with pytest.raises(ValueError):
+        mx.encode_symbols(enc, np.zeros(200, dtype=np.int32), bad, -6, 6)
+
+
 def test_threaded_chunks_code_the_same_stream(monkeypatch):
     """Many chunks (tables built ahead on threads) vs one chunk: the same words, and they decode."""
     p = random_params(5000, 6.0, seed=7)

@@ -114,7 +114,9 @@ def mixture_pmf(p: CodingParams, lo: int, hi: int) -> np.ndarray:
     edges = np.arange(lo, hi + 2, dtype=np.float64) - 0.5          # (L + 1,)
     z = (edges[None, None, :] - p.means[:, :, None]) / p.scales[:, :, None]  # (n, K, L + 1)
     cdf = (z >= _Z_ONE).astype(np.float64)
-    inner = (z > _Z_ZERO) & (z < _Z_ONE)
+    # everything not provably 0 or 1, NaN included (non-finite parameters must stay non-finite:
+    # constriction then refuses the table, as it did when every element went through ndtr)
+    inner = ~((z <= _Z_ZERO) | (z >= _Z_ONE))
     cdf[inner] = ndtr(z[inner])
     cdf[:, :, 0] = 0.0   # fold the tails into the end bins
     cdf[:, :, -1] = 1.0
