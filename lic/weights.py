@@ -212,7 +212,8 @@ def default_mode(model: str | None = None) -> float:
 
 
 def load_model(mode: float | None = None, model: str | None = None, checkpoint: str | None = None) -> LoadedModel:
-    """The model to encode with, at 1-based compression ``mode`` (default DEFAULT_MODE)."""
+    """The model to encode with, at 1-based compression ``mode`` (default: the registry entry's
+    ``default_mode``; a checkpoint's: DEFAULT_MODE)."""
     checkpoint = checkpoint or os.environ.get("LIC_CHECKPOINT") or None
     if checkpoint:
         net = load_checkpoint(checkpoint)
@@ -221,8 +222,10 @@ def load_model(mode: float | None = None, model: str | None = None, checkpoint: 
             mode = min(DEFAULT_MODE, float(net.config.num_modes)) if net.config.num_modes > 1 else 1.0
     else:
         if mode is None:   # the model's own default mode (the registry's "default_mode")
-            mode = default_mode_of(_registry_entry(model, None))
-        entry = _registry_entry(model, mode)
+            entry = _registry_entry(model, None)
+            mode = default_mode_of(entry)
+        else:
+            entry = _registry_entry(model, mode)
         net, source = _load_entry(entry)
         modes = list(entry["modes"])
         if net.config.num_modes <= 1:
