@@ -15,14 +15,12 @@ The table (markdown) is printed and written to OUT/race.md; docs/training.md kee
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,6 +58,7 @@ def train(name: str, overrides: list[str], minutes: float, out: Path, device: st
 def score(ckpt: Path, images: int, jpeg_curve) -> dict:
     import torch
 
+    from lic.eval.bdrate import gain_at_rate
     from lic.eval.lic_codec import LicCodec
     from lic.eval.runner import evaluate, resolve_dataset
 
@@ -68,8 +67,7 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
     res = evaluate(resolve_dataset("kodak")[:images], [LicCodec.from_checkpoints([str(ckpt)])], None,
                    with_ms_ssim=False, progress=False)
     bpp, psnr = res.curves[0].bpp[0], res.curves[0].psnr[0]
-    jb, jp = jpeg_curve
-    gain = psnr - float(np.interp(math.log(bpp), np.log(jb), jp)) if jb[0] <= bpp <= jb[-1] else float("nan")
+    gain = gain_at_rate(bpp, psnr, *jpeg_curve)
     return {"steps": stats.get("steps"), "pixels": stats.get("pixels_seen"), "seconds": stats.get("train_seconds"),
             "bpp": bpp, "psnr": psnr, "gain": gain}
 
@@ -81,8 +79,7 @@ def jpeg_on(images: int):
     res = evaluate(resolve_dataset("kodak")[:images], available_baselines(["jpeg"]), None,
                    with_ms_ssim=False, progress=False)
     c = res.curves[0]
-    order = np.argsort(c.bpp)
-    return np.asarray(c.bpp)[order], np.asarray(c.psnr)[order]
+    return c.bpp, c.psnr
 
 
 def main() -> None:

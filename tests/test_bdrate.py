@@ -99,3 +99,13 @@ def test_published_cheng2020_vs_jpeg():
     assert bd_rate(_load("vtm"), cheng) == pytest.approx(5.5, abs=0.5)
     paper = np.loadtxt(REF / "cheng2020-paper-gmm-attn_mse.dat")
     assert bd_rate(jpeg, [tuple(r) for r in paper]) == pytest.approx(-66.3, abs=0.5)
+
+
+def test_gain_at_rate_joins_the_anchor_in_log_bpp():
+    from lic.eval.bdrate import gain_at_rate
+
+    anchor_bpp, anchor_q = [0.4, 0.1], [30.0, 26.0]            # unsorted on purpose
+    assert gain_at_rate(0.2, 29.0, anchor_bpp, anchor_q) == pytest.approx(1.0)   # halfway in log-bpp: 28 dB
+    assert gain_at_rate(0.4, 29.5, anchor_bpp, anchor_q) == pytest.approx(-0.5)
+    assert math.isnan(gain_at_rate(0.05, 25.0, anchor_bpp, anchor_q))
+    assert math.isnan(gain_at_rate(0.5, 31.0, anchor_bpp, anchor_q))

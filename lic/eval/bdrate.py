@@ -34,9 +34,21 @@ __all__ = [
     "bd_psnr",
     "bd_rate",
     "bd_table",
+    "gain_at_rate",
 ]
 
 Points = Sequence[tuple[float, float]]
+
+
+def gain_at_rate(bpp: float, quality: float, anchor_bpp: Sequence[float], anchor_quality: Sequence[float]) -> float:
+    """``quality`` minus the anchor's quality at the same ``bpp`` (the anchor's points joined
+    linearly in log-bpp); ``nan`` where ``bpp`` lies outside the anchor's rates.  One point against
+    a curve, where a BD figure needs two curves: e.g. dB over JPEG at one mode's bpp."""
+    order = np.argsort(anchor_bpp)
+    b, q = np.asarray(anchor_bpp, dtype=np.float64)[order], np.asarray(anchor_quality, dtype=np.float64)[order]
+    if not b[0] <= bpp <= b[-1]:
+        return float("nan")
+    return float(quality - np.interp(math.log(bpp), np.log(b), q))
 
 
 class NoOverlapError(ValueError):

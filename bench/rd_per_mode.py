@@ -1,0 +1,56 @@
+"""Per mode: this codec's PSNR and MS-SSIM minus each measured codec's at the same bpp, from the
+files an evaluate run wrote.
+
+    python bench/rd_per_mode.py logs/eval/<run>           # after: python evaluate.py dataset=kodak
+
+Reads the run's CompressAI-schema JSON (``lic-*.json`` and one per measured codec), joins each
+codec's points linearly in log-bpp (``lic.eval.bdrate.gain_at_rate``) and prints one markdown row
+per codec and metric; "(below)" / "(above)" where a mode's bpp lies outside that codec's rates.
+The BD-rate table of the same run (``bd_rate.md``) summarises whole curves; this shows where
+along the curve a codec wins or loses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lic.eval.bdrate import gain_at_rate  # noqa: E402
+
+METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="an evaluate run folder (holds lic-*.json and the codecs' JSON)")
+    args = ap.parse_args(argv)
+    run = Path(args.run)
+    ours = sorted(run.glob("lic-*.json"))
+    if len(ours) != 1:
+        ap.error(f"{run}: expected one lic-*.json, found {len(ours)}")
+    lic = json.loads(ours[0].read_text())["results"]
+    others = [p for p in sorted(run.glob("*.json")) if p not in ours and p.name != "bd_rate.json"]
+    modes = range(1, len(lic["bpp"]) + 1)
+    print(f"| {ours[0].stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
+    print("|---|" + "---:|" * len(modes))
+    print("| bpp | " + " | ".join(f"{b:.3f}" for b in lic["bpp"]) + " |")
+    for p in others:
+        res = json.loads(p.read_text()).get("results", {})
+        for key, label, fmt in METRICS:
+            if not res.get(key) or not lic.get(key):
+                continue
+            cells = []
+            for b, q in zip(lic["bpp"], lic[key]):
+                g = gain_at_rate(b, q, res["bpp"], res[key])
+                cells.append(format(g, fmt) if not math.isnan(g) else ("(below)" if b < min(res["bpp"]) else "(above)"))
+            print(f"| {label} vs {p.stem} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
