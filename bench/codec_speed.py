@@ -8,7 +8,8 @@ With --weights shipped (default when weights/registry.json has a model) the chec
 row uses the shipped default model (at --mode, or at each of --modes); otherwise random-init
 models of width N are timed.  --M adds a random-init checkerboard model with M latent channels
 (its bpp is not a trained model's, so its entropy-coding time is only indicative).
-Times include entropy coding and the container, not model loading; bpp is real file bytes.
+Times include entropy coding and the container, not model loading (nor the weights fingerprint,
+which the CLIs compute once when they load a model); bpp is real file bytes.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lic import codec, io  # noqa: E402
+from lic.weights import fingerprint  # noqa: E402
 from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
 
 
@@ -36,9 +38,10 @@ def timed(fn, *a):
 
 def bench_lic(name, net, images, mode):
     enc, dec, bpp = [], [], []
+    fp = fingerprint(net)   # computed once, as encode.py / decode.py do when they load the weights
     for px in images:
-        data, te = timed(codec.encode_with_net, net, px, mode)
-        out, td = timed(codec.decode_with_net, net, data)
+        data, te = timed(codec.encode_with_net, net, px, mode, fp)
+        out, td = timed(codec.decode_with_net, net, data, None, fp)
         enc.append(te), dec.append(td), bpp.append(8 * len(data) / (px.shape[0] * px.shape[1]))
     return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
 

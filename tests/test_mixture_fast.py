@@ -81,3 +81,41 @@ def test_threaded_chunks_code_the_same_stream(monkeypatch):
     assert np.array_equal(one, many)
     dec = constriction.stream.queue.RangeDecoder(many)
     assert np.array_equal(mx.decode_symbols(dec, p, lo, hi), sym)
+
+
+def pooled_params(n: int, pool: int, seed: int) -> mx.CodingParams:
+    """Components drawn from a small pool of (mu, sigma) pairs, as a real pass repeats them."""
+    base = random_params(pool, 5.0, seed)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, pool, size=(n, 3))
+    w = random_params(n, 1.0, seed + 1).weights
+    return mx.CodingParams(w, base.means[pick, 0], base.scales[pick, 0])
+
+
+@pytest.mark.parametrize("pool", [1, 4, 300])
+def test_shared_components_give_bit_identical_tables(pool):
+    """Tables computed once per distinct (mu, sigma) and gathered equal the element-wise definition."""
+    p = pooled_params(4000, pool, seed=pool)
+    assert mx._grid_keys(p.means.ravel(), p.scales.ravel()) is not None
+    assert len(np.unique(p.means)) <= pool
+    fast, ref = mx.mixture_pmf(p, -25, 30), reference_pmf(p, -25, 30)
+    assert np.array_equal(fast.view(np.uint64), ref.view(np.uint64))
+
+
+def test_grid_keys_tell_pairs_apart_and_refuse_what_is_off_the_grid():
+    mu = np.array([0.0, -0.0, 1 / 64, 0.0, -30000.0, 30000.0])
+    sigma = np.array([0.125, 0.125, 0.125, 0.140625, 30000.0, 0.125])
+    keys = mx._grid_keys(mu, sigma)
+    assert keys[0] == keys[1]                      # -0.0 and 0.0 give the same table
+    assert len(np.unique(keys[1:])) == 5           # every other pair is distinct
+    assert mx._grid_keys(np.array([0.3]), np.array([0.125])) is None      # mean off the grid
+    assert mx._grid_keys(np.array([0.0]), np.array([0.13])) is None       # scale off the grid
+    assert mx._grid_keys(np.array([np.nan]), np.array([0.125])) is None
+    # off the grid, the tables are still the definition (no sharing)
+    p = mx.CodingParams(np.full((3, 3), 1 / 3), np.full((3, 3), 0.3), np.full((3, 3), 0.7))
+    assert np.array_equal(mx.mixture_pmf(p, -4, 4), reference_pmf(p, -4, 4))
+
+
+def test_an_empty_pass_gives_an_empty_table():
+    p = mx.CodingParams(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3)))
+    assert mx.mixture_pmf(p, -2, 3).shape == (0, 6)

@@ -104,24 +104,57 @@ _Z_ONE = 8.5
 _Z_ZERO = -38.5
 
 
-def mixture_pmf(p: CodingParams, lo: int, hi: int) -> np.ndarray:
-    """Probability tables (n, hi - lo + 1), float64, rows summing to one.
+def _component_cdfs(mu: np.ndarray, sigma: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """CDF of each component (mu, sigma: (r,)) at ``edges`` (L + 1,), tails folded: (r, L + 1).
 
-    Defines the coded distribution (part of the format): every element is ndtr of the same z
-    as ``(edge - mean) / scale``; ndtr is evaluated only where it is neither exactly 0 nor 1
-    (a third of the table at typical rates), which changes the speed, not a single bit.
+    Every element is ndtr of ``(edge - mu) / sigma``, evaluated only where it is neither exactly
+    0 nor 1 (a third of the table at typical rates): this changes the speed, not a single bit.
     """
-    edges = np.arange(lo, hi + 2, dtype=np.float64) - 0.5          # (L + 1,)
-    z = (edges[None, None, :] - p.means[:, :, None]) / p.scales[:, :, None]  # (n, K, L + 1)
+    z = (edges[None, :] - mu[:, None]) / sigma[:, None]            # (r, L + 1)
     cdf = (z >= _Z_ONE).astype(np.float64)
     # everything not provably 0 or 1, NaN included (non-finite parameters must stay non-finite:
     # constriction then refuses the table, as it did when every element went through ndtr)
     inner = ~((z <= _Z_ZERO) | (z >= _Z_ONE))
     cdf[inner] = ndtr(z[inner])
-    cdf[:, :, 0] = 0.0   # fold the tails into the end bins
-    cdf[:, :, -1] = 1.0
-    pmf = np.einsum("nk,nkl->nl", p.weights, np.diff(cdf, axis=2))
-    return pmf
+    cdf[:, 0] = 0.0   # fold the tails into the end bins
+    cdf[:, -1] = 1.0
+    return cdf
+
+
+def _grid_keys(mu: np.ndarray, sigma: np.ndarray) -> np.ndarray | None:
+    """One int64 per component, equal exactly when (mu, sigma) are equal; None unless every
+    parameter is finite and on the coding grid (as ``quantize_params`` leaves them)."""
+    m, s = mu * MEAN_GRID, sigma * SCALE_GRID          # exact: the grids are powers of two
+    if not (np.isfinite(m).all() and np.isfinite(s).all()):
+        return None
+    mi, si = np.rint(m), np.rint(s)
+    if not (np.array_equal(mi, m) and np.array_equal(si, s)):
+        return None
+    if m.size and (np.abs(mi).max() >= 2**30 or si.min() < 0 or si.max() >= 2**31):
+        return None
+    return ((mi.astype(np.int64) + 2**30) << 31) | si.astype(np.int64)
+
+
+def mixture_pmf(p: CodingParams, lo: int, hi: int) -> np.ndarray:
+    """Probability tables (n, hi - lo + 1), float64, rows summing to one.
+
+    Defines the coded distribution (part of the format): row i is
+    ``sum_k w_ik (cdf_ik[l + 1] - cdf_ik[l])`` with ``cdf_ik`` from ``_component_cdfs``.
+    Components that share (mu, sigma) share their row: on the grid a pass repeats each pair
+    about ten times (whole chunks of dead channels hold three or four pairs), so each distinct
+    pair is computed once and gathered, which changes the speed, not a single bit
+    (tests/test_mixture_fast.py compares with the element-by-element definition).
+    """
+    edges = np.arange(lo, hi + 2, dtype=np.float64) - 0.5          # (L + 1,)
+    n, K = p.means.shape
+    mu, sigma = p.means.reshape(-1), p.scales.reshape(-1)          # (n K,)
+    keys = _grid_keys(mu, sigma)
+    if keys is None:    # off the grid or non-finite: every component on its own
+        comp = np.diff(_component_cdfs(mu, sigma, edges), axis=1)                   # (n K, L)
+    else:
+        _, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+        comp = np.diff(_component_cdfs(mu[first], sigma[first], edges), axis=1)[inv.reshape(-1)]
+    return np.einsum("nk,nkl->nl", p.weights, comp.reshape(n, K, len(edges) - 1))
 
 
 def _chunks(n: int, support: int):
