@@ -2,7 +2,7 @@
 
     python bench/train_throughput.py [--N 32] [--batch 4] [--crop 128] [--steps 20] [--warmup 5]
                                      [--threads T] [--repeats 2] [--device cpu|cuda] [--num-modes 1]
-                                     [--data DIR] [--limit 16]
+                                     [--data DIR] [--limit 16] [--M M] [--vs lightning|compile]
 
 Both loops train the same model (``Cheng2020GMM``, same seed) on the same batches (one
 DataLoader over the same in-memory crops) with the same loss (lambda * 255^2 * MSE + bpp_est),
@@ -19,7 +19,8 @@ step ``warmup`` (its batch already loaded) to the end of the last step, data loa
 included; on CUDA with a synchronize at both ends.  The loops alternate (plain, lightning,
 lightning, plain, ...) ``--repeats`` times each; the best of each is compared (the least
 disturbed by other load on the machine).  Prints images/s of both and the ratio
-lightning/plain (target >= 0.95).
+lightning/plain (target >= 0.95).  ``--vs compile`` compares the plain loop with itself under
+``torch.compile`` instead (the recipe question of whether compiling pays on this hardware).
 
 Data: ``--data`` (default ``<repo>/../shared/data/train`` when it exists, its first
 ``--limit`` images), else random smooth synthetic images.
@@ -54,6 +55,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None, help="image folder (default ../shared/data/train)")
     p.add_argument("--limit", type=int, default=16, help="images loaded from the folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--M", type=int, default=None, help="channels of y (default: N)")
+    p.add_argument("--vs", default="lightning", choices=["lightning", "compile"],
+                   help="what the plain loop is compared with: the Lightning loop, or the same plain "
+                        "loop with the model under torch.compile (compilation happens in the untimed warm-up)")
     return p.parse_args(argv)
 
 
@@ -65,8 +70,10 @@ def _cuda() -> bool:
 
 def model_config(args) -> dict:
     cfg = {"N": args.N, "num_modes": args.num_modes}
-    if args.num_modes > 1:
-        cfg["lmbdas"] = [0.0016, 0.0032, 0.0075, 0.015, 0.03, 0.045][: args.num_modes] or None
+    if args.M:
+        cfg["M"] = args.M
+    if args.num_modes > 1:   # geometric from 0.0016 to 0.045 (the paper's range)
+        cfg["lmbdas"] = [0.0016 * (0.045 / 0.0016) ** (i / max(1, args.num_modes - 1)) for i in range(args.num_modes)]
     return cfg
 
 
@@ -107,8 +114,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_plain(args, loader) -> float:
-    """CompressAI examples/train.py's training step; returns the seconds of the timed steps."""
+def run_plain(args, loader, compiled: bool = False) -> float:
+    """CompressAI examples/train.py's training step; returns the seconds of the timed steps.
+    ``compiled``: the forward pass runs under ``torch.compile`` (as ``train.py compile=true``)."""
     import torch
 
     from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
@@ -121,6 +129,7 @@ def run_plain(args, loader) -> float:
     aux_p = [p for n, p in net.named_parameters() if n.endswith(".quantiles")]
     optimizer = torch.optim.Adam(main_p, lr=1e-4)
     aux_optimizer = torch.optim.Adam(aux_p, lr=1e-3)
+    fwd = torch.compile(net) if compiled else net
     lmbdas = torch.tensor(model_config(args).get("lmbdas") or [LMBDA], device=dev)
     t0 = t1 = None
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
@@ -133,9 +142,9 @@ def run_plain(args, loader) -> float:
         aux_optimizer.zero_grad()
         if args.num_modes > 1:
             mode = torch.randint(0, args.num_modes, (x.shape[0],), device=dev)
-            out, lmbda = net(x, mode.float()), lmbdas[mode]
+            out, lmbda = fwd(x, mode.float()), lmbdas[mode]
         else:
-            out, lmbda = net(x), LMBDA
+            out, lmbda = fwd(x), LMBDA
         rd = rate_distortion_loss(out, x, lmbda)
         rd.loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -201,21 +210,23 @@ def main(argv=None) -> int:
     print(f"device: {dev_name}; torch {torch.__version__}; N={args.N}, batch {args.batch}, crop {args.crop}, "
           f"modes {args.num_modes}; {args.steps} timed steps after {args.warmup}; data: {source}", flush=True)
     images = args.steps * args.batch
-    results = {"plain": [], "lightning": []}
+    other = args.vs
+    results = {"plain": [], other: []}
     order = []
     for r in range(args.repeats):   # ABBA...: drift in the machine's load hits both loops alike
-        order += ["plain", "lightning"] if r % 2 == 0 else ["lightning", "plain"]
+        order += ["plain", other] if r % 2 == 0 else [other, "plain"]
+    runs = {"plain": run_plain, "lightning": run_lightning, "compile": lambda a, l: run_plain(a, l, compiled=True)}
     for name in order:
-        secs = (run_plain if name == "plain" else run_lightning)(args, loader)
+        secs = runs[name](args, loader)
         results[name].append(images / secs)
         print(f"  {name:9s} {images / secs:8.2f} images/s  ({secs / args.steps * 1000:.1f} ms/step)", flush=True)
     best = {k: max(v) for k, v in results.items()}
     med = {k: statistics.median(v) for k, v in results.items()}
-    ratio = best["lightning"] / best["plain"]
+    ratio = best[other] / best["plain"]
     print(f"plain:     best {best['plain']:.2f} images/s, median {med['plain']:.2f}")
-    print(f"lightning: best {best['lightning']:.2f} images/s, median {med['lightning']:.2f}")
-    print(f"ratio lightning/plain: {ratio:.3f} (best), {med['lightning'] / med['plain']:.3f} (median); "
-          f"target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}")
+    print(f"{other + ':':10s} best {best[other]:.2f} images/s, median {med[other]:.2f}")
+    print(f"ratio {other}/plain: {ratio:.3f} (best), {med[other] / med['plain']:.3f} (median)"
+          + (f"; target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}" if other == "lightning" else ""))
     return 0
 
 
