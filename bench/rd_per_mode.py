@@ -2,6 +2,10 @@
 files an evaluate run wrote.
 
     python bench/rd_per_mode.py logs/eval/<run>           # after: python evaluate.py dataset=kodak
+    python bench/rd_per_mode.py logs/eval/<run> --against logs/eval/<earlier run>   # two models
+
+``--against`` adds a row per metric for the lic curve of another run (the previous model on the
+same images) and its BD-rate / BD-PSNR (PCHIP) against it.
 
 Reads the run's CompressAI-schema JSON (``lic-*.json`` and one per measured codec), joins each
 codec's points linearly in log-bpp (``lic.eval.bdrate.gain_at_rate``) and prints one markdown row
@@ -20,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lic.eval.bdrate import gain_at_rate  # noqa: E402
+from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate  # noqa: E402
 
 METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f"))
 
@@ -28,13 +32,21 @@ METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="an evaluate run folder (holds lic-*.json and the codecs' JSON)")
+    ap.add_argument("--against", default=None, help="another evaluate run: compare with its lic curve too")
     args = ap.parse_args(argv)
+
+    def lic_json(run: Path) -> Path:
+        found = sorted(run.glob("lic-*.json"))
+        if len(found) != 1:
+            ap.error(f"{run}: expected one lic-*.json, found {len(found)}")
+        return found[0]
+
     run = Path(args.run)
-    ours = sorted(run.glob("lic-*.json"))
-    if len(ours) != 1:
-        ap.error(f"{run}: expected one lic-*.json, found {len(ours)}")
+    ours = [lic_json(run)]
     lic = json.loads(ours[0].read_text())["results"]
     others = [p for p in sorted(run.glob("*.json")) if p not in ours and p.name != "bd_rate.json"]
+    if args.against:
+        others.append(lic_json(Path(args.against)))
     modes = range(1, len(lic["bpp"]) + 1)
     print(f"| {ours[0].stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
     print("|---|" + "---:|" * len(modes))
@@ -48,7 +60,16 @@ def main(argv=None) -> int:
             for b, q in zip(lic["bpp"], lic[key]):
                 g = gain_at_rate(b, q, res["bpp"], res[key])
                 cells.append(format(g, fmt) if not math.isnan(g) else ("(below)" if b < min(res["bpp"]) else "(above)"))
-            print(f"| {label} vs {p.stem} | " + " | ".join(cells) + " |")
+            name = p.stem if not args.against or p.parent != Path(args.against) else f"{p.stem} ({args.against})"
+            print(f"| {label} vs {name} | " + " | ".join(cells) + " |")
+    if args.against:
+        other = json.loads(others[-1].read_text())["results"]
+        print()
+        for key, label, _ in METRICS:
+            if lic.get(key) and other.get(key):
+                a, t = list(zip(other["bpp"], other[key])), list(zip(lic["bpp"], lic[key]))
+                print(f"BD-rate ({label.split()[0]}) vs {args.against}: {bd_rate(a, t):+.2f} %", end="")
+                print(f", BD-PSNR {bd_psnr(a, t):+.3f} dB" if key == "psnr-rgb" else "")
     return 0
 
 

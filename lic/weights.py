@@ -175,7 +175,7 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     cands.sort(key=lambda e: not e.get("default"))   # among entries of one name, the default first
     if not cands:
         if fp is not None:
-            raise WeightsError("no shipped weights match this file's fingerprint (made with other weights?)")
+            raise WeightsError("no shipped weights match this file's fingerprint (made with other weights? give them with --checkpoint)")
         raise UnknownModeError(f"no shipped model {model or ''} has mode {mode:g}".replace("  ", " "))
     return cands[0]
 
