@@ -108,7 +108,8 @@ def _component_cdfs(mu: np.ndarray, sigma: np.ndarray, edges: np.ndarray) -> np.
     """CDF of each component (mu, sigma: (r,)) at ``edges`` (L + 1,), tails folded: (r, L + 1).
 
     Every element is ndtr of ``(edge - mu) / sigma``, evaluated only where it is neither exactly
-    0 nor 1 (a third of the table at typical rates): this changes the speed, not a single bit.
+    0 nor 1 (about three quarters of a live channel's row on kodim01 at mode 4, a quarter of a
+    dead one's): this changes the speed, not a single bit.
     """
     z = (edges[None, :] - mu[:, None]) / sigma[:, None]            # (r, L + 1)
     cdf = (z >= _Z_ONE).astype(np.float64)
