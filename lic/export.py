@@ -82,6 +82,8 @@ def trained_facts(ckpt: dict, source: str | Path | None = None) -> dict:
     facts["crop"] = dm.get("crop")
     if (model.get("num_modes") or 1) > 1:
         facts["lambdas"] = list(model.get("lmbdas") or [])
+        if hp.get("mode_weights") is not None:   # recorded only when modes were not drawn uniformly
+            facts["mode_weights"] = list(hp["mode_weights"])
     else:
         facts["lambda"] = hp.get("lmbda")
     for k in ("lr", "lr_milestones"):

@@ -40,3 +40,32 @@ def test_only_the_named_parts_train_and_the_rate_cannot_change():
 def test_unknown_part_is_refused():
     with pytest.raises(ValueError, match="train_only"):
         LitCodec(CFG, lmbda=None, train_only=["g_z"])
+
+
+class _Drawn(Exception):
+    pass
+
+
+def test_mode_weights_set_how_often_each_mode_trains():
+    torch.manual_seed(0)
+    module = LitCodec(CFG, lmbda=None, mode_weights=[0, 1, 3])
+    seen = []
+
+    def forward(x, mode=None):   # record the drawn modes, skip the model
+        seen.append(mode)
+        raise _Drawn
+
+    module.net.forward = forward
+    for _ in range(40):
+        with pytest.raises(_Drawn):
+            module.training_step(torch.rand(8, 3, 16, 16), 0)
+    modes = torch.cat(seen).long()
+    assert (modes != 0).all()                          # weight 0: never drawn
+    share = (modes == 2).float().mean().item()
+    assert 0.65 < share < 0.85                         # 3 / 4 expected (320 draws)
+
+
+@pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
+def test_bad_mode_weights_are_refused(weights):
+    with pytest.raises(ValueError, match="mode_weights"):
+        LitCodec(CFG, lmbda=None, mode_weights=weights)

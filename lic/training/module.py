@@ -26,7 +26,8 @@ class LitCodec(L.LightningModule):
                  lr_milestones: list[int] | tuple[int, ...] = (), lr_gamma: float = 0.1, warmup_steps: int = 0,
                  val_real_images: int = 2, val_modes: list[float] | None = None,
                  lr_budget_milestones: list[float] | tuple[float, ...] = (),
-                 train_only: list[str] | tuple[str, ...] | None = None):
+                 train_only: list[str] | tuple[str, ...] | None = None,
+                 mode_weights: list[float] | tuple[float, ...] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = ModelConfig.from_dict(model)
@@ -41,6 +42,13 @@ class LitCodec(L.LightningModule):
         if self.config.num_modes > 1:
             lm = torch.tensor(self.config.lmbdas or [lmbda] * self.config.num_modes, dtype=torch.float32)
             self.register_buffer("lmbdas", lm, persistent=False)
+            # how often each mode is drawn in training (relative weights; null: uniform)
+            w = torch.ones(self.config.num_modes) if mode_weights is None else torch.tensor(mode_weights, dtype=torch.float32)
+            if w.shape != (self.config.num_modes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+                raise ValueError(f"mode_weights: {self.config.num_modes} non-negative weights with a positive sum, got {mode_weights}")
+            self.register_buffer("mode_p", None if mode_weights is None else w / w.sum(), persistent=False)
+        elif mode_weights is not None:
+            raise ValueError("mode_weights: only for a variable-rate model (num_modes > 1)")
         elif lmbda is None:
             raise ValueError("a single-rate model needs lmbda")
         self._t_last = None
@@ -68,7 +76,10 @@ class LitCodec(L.LightningModule):
         self._seg_images += B * ws
         self._seg_pixels += B * x.shape[-2] * x.shape[-1] * ws
         if self.config.num_modes > 1:
-            mode = torch.randint(0, self.config.num_modes, (B,), device=x.device)  # one mode per image
+            if self.mode_p is None:   # (B,): one 0-based mode per image
+                mode = torch.randint(0, self.config.num_modes, (B,), device=x.device)
+            else:
+                mode = torch.multinomial(self.mode_p, B, replacement=True)
             lmbda = self.lmbdas[mode]
             out = self.net(x, mode.float())
         else:
