@@ -76,7 +76,7 @@ def test_same_z_keeps_the_coding_tables():
 def test_a_learned_skip_cannot_become_an_identity():
     src = _net(N=8, M=12, num_modes=3, lmbdas=(0.002, 0.01, 0.05))   # g_s.1 has a 1x1 skip (M != N)
     with pytest.raises(ValueError, match="init_from"):
-        widened_state(src, Cheng2020GMM(replace(src.config, N=12, M=12)))
+        widened_state(src, Cheng2020GMM(replace(src.config, N=12, M=12, N_s=12)))
 
 
 def test_new_channels_start_small_distinct_and_without_influence():
@@ -167,3 +167,35 @@ def test_init_weights_from_a_narrower_model_records_it(tmp_path):
     module.net.eval()
     with torch.no_grad():
         torch.testing.assert_close(module.net(x, mode=1.0).x_hat, src(x, mode=0.0).x_hat, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("src_M,N_s", [(12, 16), (8, 16), (12, 24)], ids=["learned-skip", "identity-skip", "wider"])
+def test_wider_g_s_entry_computes_what_the_source_did(src_M, N_s):
+    """N_s: g_s's 1/16-resolution block grows (the first block that reads y), the rest stays N."""
+    src = _net(N=8, M=src_M, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    dst = _widen(src, N_s=N_s)
+    assert dst.g_s[1].conv1.out_channels == N_s and dst.g_s[2].subpel_conv[0].in_channels == N_s
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        for mode in (0.0, 2.0):
+            a, b = src(x, mode=mode), dst(x, mode=mode)
+            torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b.y_likelihoods, a.y_likelihoods, rtol=0, atol=0)   # bits untouched
+    # the new channels are read by nobody yet, and are not all alike
+    w = dst.state_dict()
+    assert torch.count_nonzero(w["g_s.2.subpel_conv.0.weight"][:, 8:]) == 0
+    assert torch.unique(w["g_s.1.conv1.weight"][8:].flatten(1), dim=0).shape[0] == N_s - 8
+
+
+def test_g_s_entry_width_is_stored_only_when_it_differs():
+    assert "N_s" not in ModelConfig(N=8, M=12).to_dict()
+    cfg = ModelConfig(N=8, M=12, N_s=16)
+    assert cfg.to_dict()["N_s"] == 16 and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    assert ModelConfig.from_dict({"N": 8}).N_s == 8     # configs from before N_s read as the paper's
+
+
+@pytest.mark.parametrize("change", [{"N_s": 4}, {"N_s": 12}], ids=["narrower-N_s", "learned-skip-to-identity"])
+def test_refuses_a_g_s_entry_it_cannot_widen(change):
+    src = _net(N=8, M=12, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
+    with pytest.raises(ValueError, match="init_from"):
+        check_widenable(src, Cheng2020GMM(replace(src.config, **change)))

@@ -94,16 +94,21 @@ class ModelConfig:
     lmbdas: tuple[float, ...] = ()   # the lambda of each mode (for gain init and training)
     ste_synthesis: bool = False      # g_s sees round(y) with a straight-through gradient while training
     M: int | None = None             # channels of y; None: M = N, as in the paper
+    N_s: int | None = None           # channels of g_s's 1/16-resolution residual block; None: N (the paper)
 
     def __post_init__(self):
         if self.M is None:
             object.__setattr__(self, "M", self.N)
+        if self.N_s is None:
+            object.__setattr__(self, "N_s", self.N)
 
     def to_dict(self) -> dict:
         d = {"N": self.N, "K": self.K, "context": self.context, "num_modes": self.num_modes,
              "lmbdas": list(self.lmbdas), "ste_synthesis": self.ste_synthesis}
         if self.M != self.N:   # written only when it differs: configs from before M existed read the same
             d["M"] = self.M
+        if self.N_s != self.N:
+            d["N_s"] = self.N_s
         return d
 
     @classmethod
@@ -151,7 +156,7 @@ class Cheng2020GMM(CompressionModel):
             raise ValueError(f"context must be one of {CONTEXTS}, got {config.context!r}")
         super().__init__()
         self.config = config
-        N, M, K = config.N, config.M, config.K
+        N, M, K, N_s = config.N, config.M, config.K, config.N_s
 
         self.g_a = nn.Sequential(
             ResidualBlockWithStride(3, N, stride=2),
@@ -166,8 +171,8 @@ class Cheng2020GMM(CompressionModel):
         )
         self.g_s = nn.Sequential(
             AttentionBlock(M),
-            ResidualBlock(M, N),
-            ResidualBlockUpsample(N, N, 2),
+            ResidualBlock(M, N_s),            # (B, N_s, H/16, W/16): with N_s = N, everything g_s
+            ResidualBlockUpsample(N_s, N, 2), # draws from y passes N channels at 1/16 resolution
             ResidualBlock(N, N),
             ResidualBlockUpsample(N, N, 2),
             AttentionBlock(N),

@@ -209,8 +209,8 @@ class LitCodec(L.LightningModule):
     def init_weights_from(self, path: str) -> dict:
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
-        The source must be the same model (K, context; variable-rate or not), with transforms (N)
-        and y (M) as wide as this one's or narrower: a narrower model is widened without changing
+        The source must be the same model (K, context; variable-rate or not), with transforms (N),
+        y (M) and g_s's 1/16 stage (N_s) as wide as this one's or narrower: a narrower model is widened without changing
         what it computes (``lic.training.widen``).  Gains of a variable-rate model: with the same
         number of modes, mode i stays mode i and moves by half the log-ratio of its lambdas (the
         gain grows like sqrt(lambda)); with another number of modes, each mode takes the gain of
@@ -223,7 +223,7 @@ class LitCodec(L.LightningModule):
         src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
         check_widenable(src, self.net)
         old, new = tuple(src.config.lmbdas), tuple(self.config.lmbdas)
-        same_size = (src.config.N, src.config.M) == (self.config.N, self.config.M)
+        same_size = (src.config.N, src.config.M, src.config.N_s) == (self.config.N, self.config.M, self.config.N_s)
         if same_size and src.config.num_modes == self.config.num_modes:
             self.net.load_state_dict(src.state_dict(), strict=True)
             if self.config.num_modes > 1 and old and new and old != new:
@@ -238,6 +238,8 @@ class LitCodec(L.LightningModule):
             record["M"] = src.config.M
         if src.config.N != self.config.N:
             record["N"] = src.config.N
+        if src.config.N_s != self.config.N_s:
+            record["N_s"] = src.config.N_s
         if meta.get("lic_trained"):
             record["trained"] = json.loads(meta["lic_trained"])
         self._stats_base["init_from"] = record

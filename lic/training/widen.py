@@ -1,6 +1,6 @@
-"""Start a wider model from a trained narrower one: the transforms grow from N_src to N channels
-and y from M_src to M (N >= N_src, M >= M_src), and a variable-rate model may change its number
-of modes.
+"""Start a wider model from a trained narrower one: the transforms grow from N_src to N channels,
+y from M_src to M and g_s's 1/16-resolution block from N_s_src to N_s (each as wide or wider),
+and a variable-rate model may change its number of modes.
 
 Function-preserving ("net2net") widening: every tensor of the new model that has a y-sized (M)
 dimension, or one derived from it (the attention blocks' M/2 hidden units, the context and hyper
@@ -42,9 +42,12 @@ def check_widenable(src: Cheng2020GMM, dst: Cheng2020GMM) -> None:
         raise ValueError(f"init_from: the source's y has {s.M} channels, more than this run's {d.M}")
     if s.N > d.N:
         raise ValueError(f"init_from: the source's transforms have N={s.N} channels, more than this run's {d.N}")
-    if s.M != s.N and d.M == d.N:
-        # the source's g_s starts with a learned 1x1 skip (M -> N) that an identity skip cannot hold
-        raise ValueError(f"init_from: the source has M={s.M} != N={s.N}, this run M = N = {d.N}")
+    if s.N_s > d.N_s:
+        raise ValueError(f"init_from: the source's g_s has N_s={s.N_s} channels at 1/16, more than this run's {d.N_s}")
+    if s.M != s.N_s and d.M == d.N_s:
+        # the source's g_s starts with a learned 1x1 skip (M -> N_s) that an identity skip cannot hold
+        raise ValueError(f"init_from: the source's g_s has M={s.M} != N_s={s.N_s} (a learned skip), "
+                         f"this run M = N_s = {d.M} (an identity)")
     if (s.num_modes > 1) != (d.num_modes > 1):
         raise ValueError("init_from: a variable-rate model starts only from a variable-rate model, "
                          "a single-rate one only from a single-rate one")
@@ -104,13 +107,13 @@ def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) 
             t[:, :m_src] = g.to(t)
             t[:, m_src:] = g.mean(dim=1, keepdim=True).to(t)
         elif s is None:
-            # a 1x1 skip that exists only because M != N now (g_s's ResidualBlock(M, N)): the old
+            # a 1x1 skip that exists only because M != N_s now (g_s's ResidualBlock(M, N_s)): the old
             # block's identity skip, on the old channels
             if not key.endswith((".skip.weight", ".skip.bias")):
                 raise ValueError(f"init_from: no source tensor for {key}")
             t.zero_()
             if key.endswith(".weight"):
-                n = min(n_src, m_src)
+                n = min(src.config.N_s, m_src)
                 t[torch.arange(n), torch.arange(n), 0, 0] = 1.0
         elif s.shape == t.shape:
             out[key] = s.detach().clone()
