@@ -2,7 +2,7 @@
 cheng2020_attn (N=128, random init after update()), in the same run, seconds per image.
 
     python bench/codec_speed.py [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
-                                [--modes 1 2 3 4 5 6]
+                                [--modes 1 2 3 4 5 6] [--checkpoint W ...]
 
 With --weights shipped (default when weights/registry.json has a model) the checkerboard
 row uses the shipped default model (at --mode, or at each of --modes); otherwise random-init
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--modes", type=float, nargs="*", default=None, help="time the shipped model at each of these")
     ap.add_argument("--M", type=int, default=None, help="also time a random-init checkerboard model with M latent channels")
     ap.add_argument("--weights", choices=["shipped", "random"], default=None)
+    ap.add_argument("--checkpoint", nargs="*", default=[], help="also time these weights (.safetensors / .ckpt) at --mode / --modes")
     ap.add_argument("--skip-serial", action="store_true")
     ap.add_argument("--skip-compressai", action="store_true")
     args = ap.parse_args()
@@ -80,14 +81,19 @@ def main() -> None:
     print(f"{len(images)} Kodak images, torch threads {args.threads}, {torch.__version__}")
 
     rows = []
-    from lic.weights import read_registry, load_model
+    from lic.eval.lic_codec import widths_label
+    from lic.weights import load_model, read_registry
     use_shipped = args.weights == "shipped" or (args.weights is None and read_registry())
     if use_shipped:
         for mode in args.modes or [args.mode]:
             loaded = load_model(mode=mode)
-            rows.append(bench_lic(f"lic shipped {loaded.name} N={loaded.net.config.N} M={loaded.net.config.M} mode {mode:g}",
+            rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g}",
                                   loaded.net, images, mode))
         torch.manual_seed(0)
+    for path in args.checkpoint:
+        for mode in args.modes or [args.mode]:
+            loaded = load_model(mode=mode, checkpoint=path)
+            rows.append(bench_lic(f"lic {Path(path).name} {widths_label(loaded.net.config)} mode {mode:g}", loaded.net, images, mode))
     for ctx in ("checkerboard",) + (() if args.skip_serial else ("serial",)):
         if use_shipped and ctx == "checkerboard":
             continue

@@ -50,7 +50,7 @@ class LicCodec:
                     models[float(m)] = lm
             else:
                 models[float(modes[i] if modes else i + 1)] = lm
-        label = name or f"lic {models[min(models)].name} {_widths(models[min(models)].net.config)}"
+        label = name or f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
         return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}")
 
     @classmethod
@@ -64,10 +64,10 @@ class LicCodec:
         models = {float(m): load_model(mode=float(m), model=entries[0]["name"] if entries else model)
                   for m in (modes or all_modes)}
         first = models[min(models)]
-        label = name or f"lic {first.name} {_widths(first.net.config)}"
+        label = name or f"lic {first.name} {widths_label(first.net.config)}"
         return cls(label, models, description=f"lic shipped weights: {first.source}")
 
 
-def _widths(config) -> str:
-    """N=64, or N=64 M=192 where y is wider than the transforms."""
+def widths_label(config) -> str:
+    """N=64, or N=64 M=192 where y is wider than the transforms (N_s=... where g_s's entry is)."""
     return f"N={config.N}" + (f" M={config.M}" if config.M != config.N else "") + (f" N_s={config.N_s}" if config.N_s != config.N else "")
