@@ -70,4 +70,5 @@ class LicCodec:
 
 def widths_label(config) -> str:
     """N=64, or N=64 M=192 where y is wider than the transforms (N_s=... where g_s's entry is)."""
-    return f"N={config.N}" + (f" M={config.M}" if config.M != config.N else "") + (f" N_s={config.N_s}" if config.N_s != config.N else "")
+    return (f"N={config.N}" + (f" M={config.M}" if config.M != config.N else "")
+            + (f" N_s={config.N_s}" if config.N_s != config.N else ""))

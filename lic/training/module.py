@@ -210,10 +210,11 @@ class LitCodec(L.LightningModule):
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
         The source must be the same model (K, context; variable-rate or not), with transforms (N),
-        y (M) and g_s's 1/16 stage (N_s) as wide as this one's or narrower: a narrower model is widened without changing
-        what it computes (``lic.training.widen``).  Gains of a variable-rate model: with the same
-        number of modes, mode i stays mode i and moves by half the log-ratio of its lambdas (the
-        gain grows like sqrt(lambda)); with another number of modes, each mode takes the gain of
+        y (M) and g_s's 1/16 stage (N_s) as wide as this one's or narrower: a narrower model is
+        widened without changing what it computes (``lic.training.widen``).  Gains of a
+        variable-rate model: with the same number of modes, mode i stays mode i and moves by half
+        the log-ratio of its lambdas (the gain grows like sqrt(lambda)); with another number of
+        modes, each mode takes the gain of
         its lambda on the source's learned gain curve.  Returns what is recorded in the stats.
         """
         from lic.training.widen import check_widenable, widened_state
