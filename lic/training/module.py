@@ -214,8 +214,8 @@ class LitCodec(L.LightningModule):
         widened without changing what it computes (``lic.training.widen``).  Gains of a
         variable-rate model: with the same number of modes, mode i stays mode i and moves by half
         the log-ratio of its lambdas (the gain grows like sqrt(lambda)); with another number of
-        modes, each mode takes the gain of
-        its lambda on the source's learned gain curve.  Returns what is recorded in the stats.
+        modes, each mode takes the gain of its lambda on the source's learned gain curve.  Returns
+        what is recorded in the stats.
         """
         from lic.training.widen import check_widenable, widened_state
         from lic.weights import load_checkpoint, load_safetensors
