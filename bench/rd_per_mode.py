@@ -42,17 +42,20 @@ def main(argv=None) -> int:
         return found[0]
 
     run = Path(args.run)
-    ours = [lic_json(run)]
-    lic = json.loads(ours[0].read_text())["results"]
-    others = [p for p in sorted(run.glob("*.json")) if p not in ours and p.name != "bd_rate.json"]
+    ours = lic_json(run)
+    lic = json.loads(ours.read_text())["results"]
+    # (name, results) of every curve to compare with, each file read once
+    curves = [(p.stem, json.loads(p.read_text()).get("results", {}))
+              for p in sorted(run.glob("*.json")) if p != ours and p.name != "bd_rate.json"]
     if args.against:
-        others.append(lic_json(Path(args.against)))
+        theirs = lic_json(Path(args.against))
+        other = json.loads(theirs.read_text())["results"]
+        curves.append((f"{theirs.stem} ({args.against})", other))
     modes = range(1, len(lic["bpp"]) + 1)
-    print(f"| {ours[0].stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
+    print(f"| {ours.stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
     print("|---|" + "---:|" * len(modes))
     print("| bpp | " + " | ".join(f"{b:.3f}" for b in lic["bpp"]) + " |")
-    for p in others:
-        res = json.loads(p.read_text()).get("results", {})
+    for name, res in curves:
         for key, label, fmt in METRICS:
             if not res.get(key) or not lic.get(key):
                 continue
@@ -60,10 +63,8 @@ def main(argv=None) -> int:
             for b, q in zip(lic["bpp"], lic[key]):
                 g = gain_at_rate(b, q, res["bpp"], res[key])
                 cells.append(format(g, fmt) if not math.isnan(g) else ("(below)" if b < min(res["bpp"]) else "(above)"))
-            name = p.stem if not args.against or p.parent != Path(args.against) else f"{p.stem} ({args.against})"
             print(f"| {label} vs {name} | " + " | ".join(cells) + " |")
     if args.against:
-        other = json.loads(others[-1].read_text())["results"]
         print()
         for key, label, _ in METRICS:
             if lic.get(key) and other.get(key):
