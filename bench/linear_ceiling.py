@@ -22,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lic.training.datamodule import list_images  # noqa: E402
 B = 16   # y's grid: one latent vector per 16x16 block
 
 
@@ -40,11 +43,10 @@ def main(argv=None) -> int:
     ap.add_argument("--train-dir", type=Path, default=ROOT.parent / "shared" / "data" / "train")
     ap.add_argument("--kodak-dir", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
     args = ap.parse_args(argv)
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm"}
-    train = sorted(p for p in args.train_dir.rglob("*") if p.suffix.lower() in exts)
-    kodak = sorted(args.kodak_dir.glob("*.png"))
-    if not train or not kodak:
-        print(f"no images under {args.train_dir} or {args.kodak_dir}", file=sys.stderr)
+    try:   # the images training reads (lic.training.datamodule.list_images), and Kodak's
+        train, kodak = list_images(args.train_dir), list_images(args.kodak_dir)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
         return 2
     random.Random(0).shuffle(train)
     X = np.concatenate([blocks(p) for p in train[: args.train_images]])            # (n, 768)
