@@ -42,11 +42,16 @@ class LitCodec(L.LightningModule):
         if self.config.num_modes > 1:
             lm = torch.tensor(self.config.lmbdas or [lmbda] * self.config.num_modes, dtype=torch.float32)
             self.register_buffer("lmbdas", lm, persistent=False)
-            # how often each mode is drawn in training (relative weights; null: uniform)
-            w = torch.ones(self.config.num_modes) if mode_weights is None else torch.tensor(mode_weights, dtype=torch.float32)
-            if w.shape != (self.config.num_modes,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
-                raise ValueError(f"mode_weights: {self.config.num_modes} non-negative weights with a positive sum, got {mode_weights}")
-            self.register_buffer("mode_p", None if mode_weights is None else w / w.sum(), persistent=False)
+            # how often each mode is drawn in training (None: uniform, drawn with randint)
+            mode_p = None
+            if mode_weights is not None:
+                w = torch.tensor(mode_weights, dtype=torch.float32)
+                if (w.shape != (self.config.num_modes,) or not bool(torch.isfinite(w).all())
+                        or bool((w < 0).any()) or float(w.sum()) <= 0):
+                    raise ValueError(f"mode_weights: {self.config.num_modes} non-negative weights with a "
+                                     f"positive sum, got {mode_weights}")
+                mode_p = w / w.sum()
+            self.register_buffer("mode_p", mode_p, persistent=False)
         elif mode_weights is not None:
             raise ValueError("mode_weights: only for a variable-rate model (num_modes > 1)")
         elif lmbda is None:
