@@ -408,3 +408,21 @@ def test_export_round_trips_with_encode_decode_and_registry(tmp_path, vr_run, da
     assert loaded.fingerprint == entry["fingerprint"] == fingerprint(net)
     assert loaded.mode == 2 and loaded.source == str(weights)
     assert np.array_equal(codec.decode_with_net(loaded.net, data), decoded)
+
+
+def test_crops_are_exact_and_writable(tmp_path):
+    """A crop the size of the image (no copy needed for layout) must still be a writable copy:
+    torch warns on tensors over read-only numpy memory (np.asarray of a PIL image)."""
+    import warnings
+
+    from lic.training.datamodule import CachedImageFolder
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    ds = CachedImageFolder(tmp_path, crop=32, train=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = ds[0]
+    assert x.shape == (3, 32, 32)
+    assert np.array_equal((x * 255).round().byte().permute(1, 2, 0).numpy(), img)

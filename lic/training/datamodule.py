@@ -60,7 +60,9 @@ class CachedImageFolder(Dataset):
                 patch = patch[:, ::-1]
             if random.random() < 0.5:
                 patch = patch[::-1]
-        x = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255.0
+        # copy: a crop as wide as the image (no flip) is still a view of the read-only array
+        # np.asarray(PIL) returned, and torch warns on non-writable memory
+        x = torch.from_numpy(patch.copy()).permute(2, 0, 1).float() / 255.0
         return x  # (3, c, c)
 
 
