@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
-from lic.training.widen import check_widenable, gains_for, widened_state
+from lic.training.widen import check_widenable, gains_for, mode_gains, widened_state
 
 
 def _net(seed=1, **kw) -> Cheng2020GMM:
@@ -126,6 +126,40 @@ def test_gains_follow_the_learned_curve_between_modes_and_sqrt_lambda_beyond():
     # inverse gains go the other way
     inv = gains_for(-g, lm, [0.064], -0.5)
     torch.testing.assert_close(inv, -beyond[:1])
+
+
+@pytest.mark.parametrize("widen", [{}, {"M": 16}, {"N_s": 12}], ids=["same-size", "wider-M", "wider-N_s"])
+def test_same_modes_new_lambdas_move_each_gain_by_half_the_log_ratio(tmp_path, widen):
+    """One gain rule for every start (init_from): with the same number of modes, mode i stays mode
+    i and moves by sqrt(new / old lambda), whether or not the model widens."""
+    from lic.training.module import LitCodec
+    from lic.weights import export
+
+    # lambdas that fall between the source's: the learned-curve rule (for another number of modes)
+    # would give other gains here
+    old, new = (0.002, 0.01, 0.05), (0.004, 0.02, 0.05)
+    src = _net(N=8, num_modes=3, lmbdas=old)
+    path = tmp_path / "src.safetensors"
+    export(src, path)
+    module = LitCodec({"N": 8, "num_modes": 3, "lmbdas": list(new), **widen}, lmbda=None)
+    module.init_weights_from(str(path))
+    half_log = 0.5 * torch.log(torch.tensor(new, dtype=torch.float64) / torch.tensor(old, dtype=torch.float64))
+    want = src.log_gain.detach().double() + half_log[:, None]              # (3, 8)
+    torch.testing.assert_close(module.net.log_gain[:, :8].detach().double(), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(module.net.log_inv_gain[:, :8].detach().double(),
+                               src.log_inv_gain.detach().double() - half_log[:, None], rtol=0, atol=1e-6)
+    # the top mode's lambda did not change: it codes exactly as the source's did
+    x = torch.rand(1, 3, 64, 64)
+    module.net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(module.net(x, mode=2.0).x_hat, src(x, mode=2.0).x_hat, rtol=0, atol=1e-5)
+
+
+def test_mode_gains_without_lambdas_keeps_the_modes_or_refuses():
+    g = torch.tensor([[0.0, 1.0], [1.0, 3.0]])
+    assert torch.equal(mode_gains(g, (), (), 0.5, 2), g)
+    with pytest.raises(ValueError, match="init_from"):
+        mode_gains(g, (), (0.01, 0.02, 0.04), 0.5, 3)
 
 
 def test_more_modes_from_fewer():

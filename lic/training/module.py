@@ -222,23 +222,14 @@ class LitCodec(L.LightningModule):
         modes, each mode takes the gain of its lambda on the source's learned gain curve.  Returns
         what is recorded in the stats.
         """
-        from lic.training.widen import check_widenable, widened_state
+        from lic.training.widen import widened_state
         from lic.weights import load_checkpoint, load_safetensors
 
         # a .safetensors export carries its training record in the metadata it is loaded with
         src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
-        check_widenable(src, self.net)
-        old, new = tuple(src.config.lmbdas), tuple(self.config.lmbdas)
-        same_size = (src.config.N, src.config.M, src.config.N_s) == (self.config.N, self.config.M, self.config.N_s)
-        if same_size and src.config.num_modes == self.config.num_modes:
-            self.net.load_state_dict(src.state_dict(), strict=True)
-            if self.config.num_modes > 1 and old and new and old != new:
-                shift = 0.5 * torch.log(torch.tensor(new) / torch.tensor(old))[:, None]  # (modes, 1)
-                with torch.no_grad():
-                    self.net.log_gain += shift.to(self.net.log_gain)
-                    self.net.log_inv_gain -= shift.to(self.net.log_inv_gain)
-        else:
-            self.net.load_state_dict(widened_state(src, self.net), strict=True)
+        # one path for every start: the same size is the case where no channel is new
+        self.net.load_state_dict(widened_state(src, self.net), strict=True)
+        old = tuple(src.config.lmbdas)
         record = {"from": str(path), "lmbdas": list(old)}
         if src.config.M != self.config.M:
             record["M"] = src.config.M

@@ -16,9 +16,12 @@ channels start with no influence on them and learn their use in training.  The p
 convolutions need no special care: their output channel c * r^2 + j keeps its index.  New z
 channels (N grows) get fresh density models in the entropy bottleneck.
 
-Gains of a variable-rate model: a mode keeps the gain of its lambda on the source's learned curve
-(log gain piecewise linear in log lambda between the source's modes, slope +-1/2 beyond them,
-as the gain grows like sqrt(lambda)); new channels take the mean over the old ones.
+Gains of a variable-rate model (``mode_gains``, the one rule ``init_from`` uses for every start):
+with the same number of modes, mode i stays mode i and its log gain moves by half the log-ratio of
+its new and old lambda (the gain grows like sqrt(lambda)); with another number of modes, each mode
+takes the gain of its lambda on the source's learned curve (log gain piecewise linear in log
+lambda between the source's modes, slope +-1/2 beyond them).  New channels take the mean over the
+old ones.
 """
 from __future__ import annotations
 
@@ -71,6 +74,21 @@ def gains_for(log_gain: Tensor, src_lmbdas, new_lmbdas, slope: float) -> Tensor:
     return torch.tensor(np.stack(out), dtype=log_gain.dtype)
 
 
+def mode_gains(log_gain: Tensor, src_lmbdas, new_lmbdas, slope: float, new_modes: int) -> Tensor:
+    """(modes_src, C) log gains -> (new_modes, C), the rule in the module docstring.  Without
+    lambdas on either side the modes stay as they are (their number must not change)."""
+    src_lmbdas, new_lmbdas = tuple(src_lmbdas), tuple(new_lmbdas)
+    if not src_lmbdas or not new_lmbdas:
+        if new_modes != log_gain.shape[0]:
+            raise ValueError("init_from: a variable-rate model changes its number of modes only when "
+                             "both the source and this run name their lambdas")
+        return log_gain.detach().clone()
+    if len(src_lmbdas) == len(new_lmbdas):
+        shift = slope * np.log(np.asarray(new_lmbdas, dtype=np.float64) / np.asarray(src_lmbdas, dtype=np.float64))
+        return log_gain.detach() + torch.tensor(shift, dtype=log_gain.dtype)[:, None]
+    return gains_for(log_gain, src_lmbdas, new_lmbdas, slope)
+
+
 def _index_map(key: str, dim: int, old: int, new: int, m_src: int, M: int, K: int) -> Tensor:
     """Where the source's index i of this dimension sits in the new tensor."""
     if key.startswith("entropy_parameters.0.") and dim == 1:          # cat([ctx (2M), psi (2M)])
@@ -103,7 +121,7 @@ def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) 
                 continue
             t[: s.shape[0]] = s.to(t)  # z's learned densities: old channels copied, new ones fresh
         elif key in GAIN_KEYS:
-            g = gains_for(s, src.config.lmbdas, dst.config.lmbdas, GAIN_KEYS[key])
+            g = mode_gains(s, src.config.lmbdas, dst.config.lmbdas, GAIN_KEYS[key], t.shape[0])
             t[:, :m_src] = g.to(t)
             t[:, m_src:] = g.mean(dim=1, keepdim=True).to(t)
         elif s is None:
