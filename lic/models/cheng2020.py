@@ -85,7 +85,11 @@ def decoder_threads():
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture hyperparameters (stored with every checkpoint and export)."""
+    """Architecture hyperparameters (stored with every checkpoint and export).
+
+    ``M`` and ``N_s`` left as None are resolved to N when the config is built, so
+    ``dataclasses.replace(cfg, N=...)`` keeps the old widths: name them in the replace too.
+    """
 
     N: int = 128                     # channels of the transforms
     K: int = 3                       # mixture components
