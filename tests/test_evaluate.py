@@ -57,7 +57,8 @@ def run_evaluate(tmp: Path, checkpoints: list[Path], images: Path, *extra: str) 
     ckpts = ",".join(f"'{p}'" for p in checkpoints)
     args = [sys.executable, str(REPO / "evaluate.py"), f"model.checkpoints=[{ckpts}]",
             f"dataset.path='{images}'", "dataset.name=tiny", "baselines=[jpeg]", "ms_ssim=false",
-            "side_by_side.enabled=false", f"hydra.run.dir='{tmp / 'run'}'", "wandb.enabled=true", *extra]
+            "side_by_side.enabled=false", f"hydra.run.dir='{tmp / 'run'}'", "wandb.enabled=true",
+            f"cache_dir='{tmp / 'cache'}'", *extra]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"evaluate.py failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r
@@ -145,6 +146,24 @@ def test_lic_json_follows_compressai_schema_and_counts_whole_files(eval_run):
 
     jpeg = json.loads((out / "jpeg.json").read_text())
     assert jpeg["name"] == "JPEG" and len(jpeg["results"]["bpp"]) == len(JPEG().settings)
+
+
+def test_a_second_run_reuses_the_classical_results(eval_run):
+    """evaluate.py again on the same images: JPEG's 19 x 2 results come from the record cache,
+    the learned codec is coded again, and the per-image rows are the first run's."""
+    tmp = eval_run["out"].parent
+    r = run_evaluate(tmp, [eval_run["ckpt"]], eval_run["folder"], f"hydra.run.dir='{tmp / 'run2'}'",
+                     "wandb.enabled=false")
+    assert "38 classical-codec results reused, 0 coded" in r.stdout
+    assert "0 classical-codec results reused, 38 coded" in eval_run["stdout"]
+
+    def rows(run):
+        with open(run / "per_image.csv") as f:
+            return list(csv.DictReader(f))
+    first, second = rows(eval_run["out"]), rows(tmp / "run2")
+    assert [r for r in second if r["codec"] == "JPEG"] == [r for r in first if r["codec"] == "JPEG"]
+    lic_times = [(r["encode_seconds"], r["decode_seconds"]) for r in first if r["codec"] != "JPEG"]
+    assert lic_times and lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
 
 
 def test_plots_bd_table_config_and_wandb(eval_run):

@@ -2,7 +2,9 @@
 
 Every codec is a small object with ``name``, ``description``, ``settings`` (list),
 ``encode(pixels, setting) -> bytes`` (the whole file) and ``decode(bytes) -> pixels``
-(uint8 HxWx3), which is all :mod:`lic.eval.runner` asks of a codec.
+(uint8 HxWx3), which is all :mod:`lic.eval.runner` asks of a codec.  Each also has
+``cache_id(setting)``: these codecs are deterministic, so the harness may reuse a result
+(:class:`lic.eval.runner.RecordCache`) when nothing that decides it has changed.
 
 * :class:`JPEG`: Pillow, ``quality`` 5..95 step 5, Pillow's defaults otherwise (4:2:0,
   ``optimize=False``, baseline), i.e. the recipe of CompressAI's published ``jpeg.json``.
@@ -32,6 +34,7 @@ Every default sweep runs from low to high rate.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import shutil
@@ -84,6 +87,12 @@ class PillowCodec:
 
     def save_kwargs(self, setting: Any) -> dict[str, Any]:
         return {"quality": int(setting)}
+
+    def cache_id(self, setting: Any) -> str:
+        """Everything that decides the file at ``setting``: the codec, its libraries' versions and
+        the exact ``save()`` arguments (the key of the evaluation's record cache)."""
+        return json.dumps([type(self).__name__, self.fmt, self.description, self.save_kwargs(setting)],
+                          sort_keys=True, default=repr)
 
     def encode(self, pixels: np.ndarray, setting: Any) -> bytes:
         buf = io.BytesIO()
@@ -227,6 +236,7 @@ class JPEGXL:
         self.effort = effort
         self.cjxl = shutil.which("cjxl")
         self.djxl = shutil.which("djxl")
+        self._versions: list[str] | None = None
 
     @staticmethod
     def available() -> bool:
@@ -235,6 +245,14 @@ class JPEGXL:
     @property
     def description(self) -> str:
         return f"{self.name}. cjxl -q Q -e {self.effort}"
+
+    def cache_id(self, setting: Any) -> str:
+        """The codec, the tools' versions, the effort and the setting (see PillowCodec.cache_id)."""
+        if self._versions is None:
+            cjxl, djxl = self._require()
+            self._versions = [subprocess.run([tool, "--version"], capture_output=True, text=True).stdout.strip()
+                              for tool in (cjxl, djxl)]
+        return json.dumps([type(self).__name__, self._versions, self.effort, setting], default=repr)
 
     def _require(self) -> tuple[str, str]:
         if not (self.cjxl and self.djxl):

@@ -8,7 +8,11 @@ A *codec* is any object with
 * ``encode(pixels: np.ndarray, setting) -> bytes``: pixels are uint8 (H, W, 3);
   the return value is the *whole* file (bpp counts every byte of it),
 * ``decode(data: bytes) -> np.ndarray``: back to uint8 (H, W, 3) of the same size,
-* optionally ``description: str``.
+* optionally ``description: str``,
+* optionally ``cache_id(setting) -> str``: a deterministic codec's promise that its file at
+  ``setting`` depends on nothing but this string and the pixels; with a :class:`RecordCache`
+  the harness then reuses the result of an earlier run (the classical baselines have it; the
+  learned codec, whose weights change between runs, does not).
 
 For each (image, codec, setting) the harness records bytes, bpp, PSNR, MS-SSIM and
 encode / decode wall-clock seconds (:class:`ImageRecord`); per setting it averages
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -52,6 +57,7 @@ __all__ = [
     "Codec",
     "EvalResult",
     "ImageRecord",
+    "RecordCache",
     "aggregate",
     "evaluate",
     "read_pixels",
@@ -173,6 +179,67 @@ class ImageRecord:
 ImageSpec = Union[str, Path, tuple[str, np.ndarray]]
 
 
+def _metrics_id() -> str:
+    """What decides PSNR / MS-SSIM besides the pixels: lic's metrics code and the libraries under it."""
+    import inspect
+
+    import pytorch_msssim
+    import torch
+
+    from lic.eval import metrics
+
+    src = hashlib.sha256(inspect.getsource(metrics).encode()).hexdigest()[:16]
+    return f"metrics {src}, pytorch_msssim {getattr(pytorch_msssim, '__version__', '?')}, torch {torch.__version__}"
+
+
+class RecordCache:
+    """Records of deterministic codecs (those with ``cache_id``) from earlier runs, in one SQLite
+    file, so that re-running an evaluation codes only what changed (on Kodak the five classical
+    codecs take most of ``evaluate.py``'s time).
+
+    The key is a hash of the codec's ``cache_id(setting)`` (its libraries' versions and options),
+    the image's pixels (sha256 of shape and bytes), whether MS-SSIM is measured, and
+    :func:`_metrics_id` (the metrics code and its libraries), so a new Pillow, libwebp or metric
+    misses the cache instead of returning a stale number.  A record keeps the encode / decode
+    seconds of the run that measured it.  Writers replace whole rows; several runs may share a file.
+    """
+
+    SCHEMA = 1
+
+    def __init__(self, path: str | Path):
+        import sqlite3
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60)
+        self._db.execute("CREATE TABLE IF NOT EXISTS records (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        self._db.commit()
+        self._metrics = _metrics_id()
+        self.hits = self.misses = 0
+
+    def key(self, codec_id: str, pixels_sha: str, with_ms_ssim: bool) -> str:
+        parts = [self.SCHEMA, codec_id, pixels_sha, bool(with_ms_ssim), self._metrics]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        row = self._db.execute("SELECT record FROM records WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, record: "ImageRecord") -> None:
+        self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", (key, json.dumps(asdict(record))))
+        self._db.commit()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def pixels_sha(pixels: np.ndarray) -> str:
+    """sha256 of an image's shape, dtype and bytes (the record cache's image key)."""
+    h = hashlib.sha256(repr((pixels.shape, str(pixels.dtype))).encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
 def _center_crop(pixels: np.ndarray, size: int | None) -> np.ndarray:
     if not size:
         return pixels
@@ -206,15 +273,18 @@ def run_codecs(
     with_ms_ssim: bool = True,
     progress: bool = True,
     crop: int | None = None,
+    cache: RecordCache | None = None,
 ) -> list[ImageRecord]:
     """Encode / decode every image with every codec at every setting; one record each.
 
     ``images``: paths, or ``(name, pixels)`` pairs.  ``crop``: centre-crop each image
-    to at most ``crop`` x ``crop`` first (for quick runs).
+    to at most ``crop`` x ``crop`` first (for quick runs).  ``cache``: reuse (and store) the
+    records of codecs that have ``cache_id``.
     """
     from tqdm import tqdm
 
     loaded = _load_images(images, crop)
+    shas = {name: pixels_sha(px) for name, px in loaded} if cache is not None else {}
     names = [c.name for c in codecs]
     if len(set(names)) != len(names):
         raise ValueError(f"codec names must be unique: {names}")
@@ -224,7 +294,16 @@ def run_codecs(
         for codec in codecs:
             for setting in codec.settings:
                 bar.set_description(f"{codec.name} @ {setting}")
+                cache_id = getattr(codec, "cache_id", None) if cache is not None else None
+                codec_id = cache_id(setting) if cache_id is not None else None
                 for name, pixels in loaded:
+                    key = cache.key(codec_id, shas[name], with_ms_ssim) if codec_id is not None else None
+                    hit = cache.get(key) if key is not None else None
+                    if hit is not None:
+                        cache.hits += 1
+                        records.append(ImageRecord(**{**hit, "codec": codec.name, "setting": setting, "image": name}))
+                        bar.update(1)
+                        continue
                     t0 = time.perf_counter()
                     data = codec.encode(pixels, setting)
                     t1 = time.perf_counter()
@@ -252,6 +331,9 @@ def run_codecs(
                             decode_seconds=t2 - t1,
                         )
                     )
+                    if key is not None:
+                        cache.misses += 1
+                        cache.put(key, records[-1])
                     bar.update(1)
     return records
 
@@ -427,15 +509,17 @@ def evaluate(
     progress: bool = True,
     crop: int | None = None,
     title: str | None = None,
+    cache: RecordCache | None = None,
 ) -> EvalResult:
     """Run every codec on every image, aggregate, and (with ``out_dir``) write everything.
 
     ``references``: extra curves drawn and tabulated beside the measured ones (e.g.
     :func:`lic.eval.plot.load_reference_curves` for Kodak; only meaningful when the
     images are the same full-size set).  ``anchor``: label of the BD-rate anchor
-    (default "JPEG (published)" if among the curves, else "JPEG").
+    (default "JPEG (published)" if among the curves, else "JPEG").  ``cache``: see
+    :class:`RecordCache`.
     """
-    records = run_codecs(images, codecs, with_ms_ssim=with_ms_ssim, progress=progress, crop=crop)
+    records = run_codecs(images, codecs, with_ms_ssim=with_ms_ssim, progress=progress, crop=crop, cache=cache)
     curves = aggregate(records, codecs)
     result = EvalResult(records=records, curves=curves, references=list(references))
     if out_dir is not None:
@@ -478,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for MS-SSIM")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--cache-dir", default=None,
+                    help="reuse the classical codecs' results from earlier runs (RecordCache in DIR/records.sqlite)")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -501,10 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         refs = load_reference_curves(args.references.split(","))
     refs = [load_curve(p, published=False) for p in args.curves] + refs
+    cache = RecordCache(Path(args.cache_dir) / "records.sqlite") if args.cache_dir else None
     res = evaluate(
         files,
         codecs,
         args.out,
+        cache=cache,
         references=refs,
         anchor=args.anchor,
         with_ms_ssim=not args.no_ms_ssim,
@@ -512,6 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         crop=args.crop,
         title=f"{args.dataset} ({len(files)} images)",
     )
+    if cache is not None:
+        print(f"record cache {cache.path}: {cache.hits} reused, {cache.misses} coded")
+        cache.close()
     if res.bd is not None:
         print(res.bd.to_markdown())
     for k, p in res.files.items():
