@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lic import codec, io  # noqa: E402
+from lic import codec, container, io  # noqa: E402
 from lic.weights import fingerprint  # noqa: E402
 from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
 
@@ -36,11 +36,12 @@ def timed(fn, *a):
     return out, time.perf_counter() - t
 
 
-def bench_lic(name, net, images, mode):
+def bench_lic(name, net, images, mode, version=None):
     enc, dec, bpp = [], [], []
     fp = fingerprint(net)   # computed once, as encode.py / decode.py do when they load the weights
+    version = version or container.VERSION
     for px in images:
-        data, te = timed(codec.encode_with_net, net, px, mode, fp)
+        data, te = timed(lambda: codec.encode_with_net(net, px, mode, fp, version=version))
         out, td = timed(codec.decode_with_net, net, data, None, fp)
         enc.append(te), dec.append(td), bpp.append(8 * len(data) / (px.shape[0] * px.shape[1]))
     return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
@@ -74,6 +75,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", nargs="*", default=[], help="also time these weights (.safetensors / .ckpt) at --mode / --modes")
     ap.add_argument("--skip-serial", action="store_true")
     ap.add_argument("--skip-compressai", action="store_true")
+    ap.add_argument("--format-versions", type=int, nargs="*", default=None,
+                    help="time the shipped model writing each of these .lic versions (default: the current; "
+                         "1: tables from the float32 networks, 2: the exact ones)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kodak = sorted((REPO.parent / "shared" / "data" / "kodak").glob("*.png"))[: args.images]
@@ -87,8 +91,10 @@ def main() -> None:
     if use_shipped:
         for mode in args.modes or [args.mode]:
             loaded = load_model(mode=mode)
-            rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g}",
-                                  loaded.net, images, mode))
+            for v in args.format_versions or [container.VERSION]:
+                tag = f" v{v}" if args.format_versions else ""
+                rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g}{tag}",
+                                      loaded.net, images, mode, v))
         torch.manual_seed(0)
     for path in args.checkpoint:
         for mode in args.modes or [args.mode]:

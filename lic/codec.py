@@ -203,22 +203,26 @@ def prepare_input(net: Cheng2020GMM, pixels: np.ndarray, mode: float) -> tuple[i
 
 
 def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp: int | None = None,
-                    *, tile_size: int | None = None) -> bytes:
+                    *, tile_size: int | None = None, version: int = container.VERSION) -> bytes:
     """Encode one image (H, W, 3) uint8 with ``net`` at 1-based ``mode``; returns the whole file.
 
     ``tile_size``: see :func:`choose_tile_size` (None: tile images larger than
-    :data:`DEFAULT_TILE_SIZE` pixels a side).
+    :data:`DEFAULT_TILE_SIZE` pixels a side).  ``version``: the format version to write
+    (:data:`lic.container.VERSIONS`); 1 only to test that old files still decode.
     """
+    if version not in container.VERSIONS:
+        raise ValueError(f"unknown format version {version}")
     m, frac, q, pixels = prepare_input(net, pixels, mode)
     h, w = pixels.shape[:2]
     t = choose_tile_size(h, w, tile_size)
     streams: list[bytes] = []
     for top, left, th, tw in tile_grid(h, w, t):
-        streams += net.compress(_tile_input(pixels, top, left, th, tw), q).streams
+        streams += net.compress(_tile_input(pixels, top, left, th, tw), q, exact=version >= 2).streams
     lh, lw = container.latent_size(h, w)
     header = Header(model_id=model_id_of(net.config), mode=m, mode_frac=frac,
                     fingerprint=fingerprint(net) if fp is None else fp, height=h, width=w, channels=3,
-                    latent_channels=net.config.M, latent_height=lh, latent_width=lw, tile_size=t)
+                    latent_channels=net.config.M, latent_height=lh, latent_width=lw, tile_size=t,
+                    version=version)
     return container.pack(header, streams)
 
 
@@ -258,7 +262,9 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
     out = np.empty((header.height, header.width, 3), dtype=np.uint8)
     for i, (top, left, th, tw) in enumerate(tiles):
         try:
-            x_hat = net.decompress(streams[i * spt:(i + 1) * spt], (th // PAD, tw // PAD), q)
+            # version 1: the float32 networks (lic.container.VERSIONS); 2: the exact ones
+            x_hat = net.decompress(streams[i * spt:(i + 1) * spt], (th // PAD, tw // PAD), q,
+                                   exact=header.version >= 2)
         except (FormatError, MemoryError):
             raise
         except MixtureStreamError as e:

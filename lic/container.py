@@ -7,7 +7,7 @@ Layout (all integers big-endian)::
 
     offset  size  field
     0       4     magic b"\\x89LIC"
-    4       1     version (= 1)
+    4       1     version (2 is written; 1 and 2 are read, see VERSIONS)
     5       1     model_id          (see MODEL_IDS; append-only)
     6       1     mode              (compression mode, 1..255)
     7       1     mode_frac         (0..255: fraction/256 of the way from mode to mode+1,
@@ -44,6 +44,7 @@ from typing import Sequence
 __all__ = [
     "MAGIC",
     "VERSION",
+    "VERSIONS",
     "MODEL_IDS",
     "VARIABLE_RATE_MODEL_IDS",
     "FormatError",
@@ -57,7 +58,14 @@ __all__ = [
 ]
 
 MAGIC = b"\x89LIC"
-VERSION = 1
+VERSION = 2   # what this build writes
+
+# version -> what changed.  APPEND-ONLY.  The layout below is the same in every version; the
+# version says how the decoder must derive the latents' probability tables.
+VERSIONS: dict[int, str] = {
+    1: "tables from the float32 networks (decode on the kind of CPU that encoded)",
+    2: "tables from the exactly evaluated networks (lic.models.exact): the same on every machine",
+}
 
 # model_id -> model name.  APPEND-ONLY: never renumber or reuse an id, files in
 # the wild refer to these numbers.
@@ -120,6 +128,7 @@ class Header:
     latent_height: int
     latent_width: int
     tile_size: int
+    version: int = VERSION
 
     @property
     def model_name(self) -> str:
@@ -139,10 +148,12 @@ def _header_problem(h: Header) -> str | None:
     Limits are not checked here.
     """
     for name in ("model_id", "mode", "mode_frac", "fingerprint", "height", "width", "channels",
-                 "latent_channels", "latent_height", "latent_width", "tile_size"):
+                 "latent_channels", "latent_height", "latent_width", "tile_size", "version"):
         value = getattr(h, name)
         if not isinstance(value, int) or isinstance(value, bool):
             return f"header field {name} must be an int, got {type(value).__name__}"
+    if h.version not in VERSIONS:
+        return f"unsupported version {h.version}"
     if h.model_id not in MODEL_IDS:
         return f"unknown model_id {h.model_id}"
     if not 1 <= h.mode <= _U8:
@@ -194,7 +205,7 @@ def pack(header: Header, streams: Sequence[bytes]) -> bytes:
         if len(s) > _U32:
             raise ValueError(f"lic: cannot pack stream {i}: {len(s)} bytes exceeds 4 GiB")
     parts = [
-        _FIXED.pack(MAGIC, VERSION, header.model_id, header.mode, header.mode_frac, 0,
+        _FIXED.pack(MAGIC, header.version, header.model_id, header.mode, header.mode_frac, 0,
                     header.fingerprint, header.height, header.width, header.channels,
                     header.latent_channels, header.latent_height, header.latent_width,
                     header.tile_size, len(streams)),
@@ -220,17 +231,19 @@ def _parse_fixed(data: bytes | bytearray | memoryview, limits: Limits) -> tuple[
     if len(data) < 5:
         raise _corrupt(f"truncated: {len(data)} bytes")
     version = data[4]
-    if version != VERSION:
-        raise FormatError(f"lic: unsupported .lic version {version} (this build reads version {VERSION})")
+    if version not in VERSIONS:
+        raise FormatError(f"lic: unsupported .lic version {version} (this build reads versions "
+                          f"{', '.join(map(str, VERSIONS))})")
     if len(data) < HEADER_SIZE:
         raise _corrupt(f"truncated: {len(data)} bytes, the header alone is {HEADER_SIZE}")
-    (_magic, _version, model_id, mode, mode_frac, flags, fingerprint, height, width, channels,
+    (_magic, version, model_id, mode, mode_frac, flags, fingerprint, height, width, channels,
      latent_channels, latent_height, latent_width, tile_size, n_streams) = _FIXED.unpack_from(data, 0)
     if flags != 0:
         raise _corrupt(f"reserved flags are 0x{flags:02x}, expected 0")
     header = Header(model_id=model_id, mode=mode, mode_frac=mode_frac, fingerprint=fingerprint,
                     height=height, width=width, channels=channels, latent_channels=latent_channels,
-                    latent_height=latent_height, latent_width=latent_width, tile_size=tile_size)
+                    latent_height=latent_height, latent_width=latent_width, tile_size=tile_size,
+                    version=version)
     problem = _header_problem(header)
     if problem is not None:
         raise _corrupt(problem)
@@ -256,7 +269,7 @@ def unpack(data: bytes | bytearray | memoryview, limits: Limits = Limits()) -> t
     data = bytes(data)
     # Magic and version first: a file that is not ours, or is from a future
     # version with another layout, should not be called "corrupt".
-    if len(data) < 5 or data[:4] != MAGIC or data[4] != VERSION:
+    if len(data) < 5 or data[:4] != MAGIC or data[4] not in VERSIONS:
         _parse_fixed(data, limits)  # raises the right error
     if len(data) < _MIN_FILE_SIZE:
         raise _corrupt(f"truncated: {len(data)} bytes, a file is at least {_MIN_FILE_SIZE}")

@@ -24,7 +24,7 @@ STREAMS = [b"abc", b"\x00\x01"]
 # test fails, the on-disk format changed: bump VERSION instead.
 GOLDEN = bytes.fromhex(
     "894c4943"   # magic
-    "01"         # version
+    "02"         # version
     "03"         # model_id
     "02"         # mode
     "80"         # mode_frac
@@ -42,8 +42,10 @@ GOLDEN = bytes.fromhex(
     "00000002"   # len(stream 1)
     "616263"     # stream 0
     "0001"       # stream 1
-    "ff3afb0a"   # crc32 of all the above
+    "1c734ca8"   # crc32 of all the above
 )
+# The same file as version 1 wrote it (the layout is the same; only the tables differ): still read.
+GOLDEN_V1 = GOLDEN[:4] + b"\x01" + GOLDEN[5:-4] + bytes.fromhex("ff3afb0a")
 
 
 def _reseal(body: bytes) -> bytes:
@@ -53,7 +55,7 @@ def _reseal(body: bytes) -> bytes:
 
 def _raw(**fields) -> bytes:
     """Build a file by hand (bypassing pack's validation), with a correct CRC."""
-    f = dict(magic=MAGIC, version=1, model_id=1, mode=3, mode_frac=0, flags=0, fingerprint=7,
+    f = dict(magic=MAGIC, version=container.VERSION, model_id=1, mode=3, mode_frac=0, flags=0, fingerprint=7,
              height=100, width=130, channels=3, latent_channels=192, latent_height=8,
              latent_width=12, tile_size=0)
     streams = fields.pop("streams", [b"xy", b"z"])
@@ -69,7 +71,15 @@ def _raw(**fields) -> bytes:
 
 def test_golden_bytes():
     assert pack(HEADER, STREAMS) == GOLDEN
-    assert zlib.crc32(GOLDEN[:-4]) == 0xFF3AFB0A
+    assert zlib.crc32(GOLDEN[:-4]) == 0x1C734CA8
+    assert zlib.crc32(GOLDEN_V1[:-4]) == 0xFF3AFB0A
+
+
+def test_version_1_files_are_still_read_and_written_as_they_were():
+    header, streams = unpack(GOLDEN_V1)
+    assert header == dataclasses.replace(HEADER, version=1) and streams == STREAMS
+    assert pack(header, streams) == GOLDEN_V1
+    assert peek_header(GOLDEN_V1[:32]).version == 1 and HEADER.version == 2
 
 
 def test_round_trip():
@@ -142,7 +152,7 @@ def test_rejects_short_or_foreign(data, match):
 
 
 @pytest.mark.parametrize("fields,match", [
-    (dict(version=2), "unsupported .lic version 2"),
+    (dict(version=3), "unsupported .lic version 3"),
     (dict(version=0), "unsupported .lic version 0"),
     (dict(flags=1), "flags"),
     (dict(flags=0x80), "flags"),

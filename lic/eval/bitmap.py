@@ -150,7 +150,7 @@ def hyper_bits(net: Cheng2020GMM, z: torch.Tensor) -> np.ndarray:
 # --------------------------------------------------------------------------- the two context models
 
 
-def _checkerboard_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor) -> np.ndarray:
+def _checkerboard_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor, head) -> np.ndarray:
     """The encoder's checkerboard passes (``net.checkerboard_passes``), costing instead of writing: (M, H, W)."""
     bits = np.zeros(y_sym.shape[1:], dtype=np.float64)
 
@@ -159,11 +159,11 @@ def _checkerboard_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor
         bits[sel.numpy()] = symbol_bits(sym, params, *support_of(sym))
         return sym
 
-    net.checkerboard_passes(psi, cost)
+    net.checkerboard_passes(psi, cost, head)
     return bits
 
 
-def _serial_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor) -> np.ndarray:
+def _serial_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor, head) -> np.ndarray:
     """The encoder's raster loop (``net.serial_positions``), costing instead of writing: (M, H, W)."""
     sym_all = y_sym.to(torch.int64).numpy()                                 # (1, M, H, W)
     lo, hi = support_of(sym_all)
@@ -173,7 +173,7 @@ def _serial_bits(net: Cheng2020GMM, psi: torch.Tensor, y_sym: torch.Tensor) -> n
         bits[:, h, w] = symbol_bits(sym_all[0, :, h, w], params, lo, hi)
         return sym_all[0, :, h, w]
 
-    net.serial_positions(psi, cost)
+    net.serial_positions(psi, cost, head)
     return bits
 
 
@@ -190,11 +190,12 @@ def _tile_bits(net: Cheng2020GMM, x: torch.Tensor, q: float | None) -> tuple[np.
     y_sym = quantize(y, QuantMode.ROUND)
     with decoder_threads():   # the tables are derived exactly as in compress / decompress
         z_hat = eb.decompress(z_strings, z.shape[-2:])
-        psi = net.h_s(z_hat)
+        head = net.coding_head(exact=True)           # as the files this build writes (version 2)
+        psi = net.coding_psi(z_hat, head)
         if net.config.context == "checkerboard":
-            yb = _checkerboard_bits(net, psi, y_sym)
+            yb = _checkerboard_bits(net, psi, y_sym, head)
         else:
-            yb = _serial_bits(net, psi, y_sym)
+            yb = _serial_bits(net, psi, y_sym, head)
     return yb, hyper_bits(net, z)
 
 

@@ -58,6 +58,7 @@ from lic.entropy.mixture import (
 )
 from lic.entropy.quantize import QuantMode, quantize
 from lic.layers import MaskedConv2d, checkerboard_masks
+from lic.models.exact import ExactHead
 
 CONTEXTS = ("checkerboard", "serial")
 
@@ -292,9 +293,19 @@ class Cheng2020GMM(CompressionModel):
             return t[0].permute(1, 2, 3, 0)[sel]
         return quantize_params(pick(weights), pick(means), pick(scales))
 
+    def coding_head(self, exact: bool = True) -> ExactHead | None:
+        """How the coding paths evaluate h_s, the context model and the mixture head: exactly
+        (``lic.models.exact``, format version 2: the same tables on every machine) or, for
+        version-1 files, with the float32 modules as they were made (None)."""
+        return ExactHead(self) if exact else None
+
+    def coding_psi(self, z_hat: Tensor, head: ExactHead | None) -> Tensor:
+        """h_s(z_hat) as the coding paths use it: (1, 2M, 4h, 4w)."""
+        return self.h_s(z_hat) if head is None else head.psi(z_hat)
+
     @torch.no_grad()
-    def compress(self, x: Tensor, mode: float | None = None) -> Compressed:
-        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64."""
+    def compress(self, x: Tensor, mode: float | None = None, exact: bool = True) -> Compressed:
+        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64.  ``exact``: see ``coding_head``."""
         if x.shape[0] != 1:
             raise ValueError("compress codes one image at a time")
         gains = self._gains(mode, 1, x.device)
@@ -307,18 +318,20 @@ class Cheng2020GMM(CompressionModel):
         streams = [z_strings[0]]
         with decoder_threads():  # the encoder derives its tables exactly as the decoder will
             z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-            psi = self.h_s(z_hat)
+            head = self.coding_head(exact)
+            psi = self.coding_psi(z_hat, head)
             if self.config.context == "checkerboard":
-                streams += self._code_checkerboard(psi, y_sym)
+                streams += self._code_checkerboard(psi, y_sym, head=head)
             else:
-                streams += self._code_serial(psi, y_sym)
+                streams += self._code_serial(psi, y_sym, head=head)
         return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]))
 
     @torch.no_grad()
-    def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None) -> Tensor:
-        """Inverse of ``compress``: returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped."""
+    def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None,
+                   exact: bool = True) -> Tensor:
+        """Inverse of ``compress`` (with the same ``exact``): returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped."""
         with decoder_threads():
-            return self._decompress(streams, z_shape, mode)
+            return self._decompress(streams, z_shape, mode, exact)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
@@ -336,35 +349,47 @@ class Cheng2020GMM(CompressionModel):
             y_hat = y_hat * gains[1]
         return self.g_s(y_hat)
 
-    def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None) -> Tensor:
+    def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None,
+                    exact: bool) -> Tensor:
         z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
-        psi = self.h_s(z_hat)
+        head = self.coding_head(exact)
+        psi = self.coding_psi(z_hat, head)
         if self.config.context == "checkerboard":
-            y_hat = self._code_checkerboard(psi, None, streams[1:])
+            y_hat = self._code_checkerboard(psi, None, streams[1:], head=head)
         else:
-            y_hat = self._code_serial(psi, None, streams[1:])
+            y_hat = self._code_serial(psi, None, streams[1:], head=head)
         return self._synthesize(y_hat, self._gains(mode, 1, psi.device))
 
-    def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray]) -> Tensor:
+    def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray],
+                            head: ExactHead | None = None) -> Tensor:
         """The two checkerboard passes that encoder, decoder and bit map all run, in this order.
 
         Pass 1 codes the anchors from the hyperprior alone; pass 2 the non-anchors with the
         context of the pass-1 anchors.  ``code(pass, sel, params)`` codes (writes, reads or
         costs) the symbols at ``sel`` ((M, H, W) bool) and returns them (int64); returns y_hat.
+        ``head``: from ``coding_head`` (psi from ``coding_psi`` with the same head); with it the
+        parameters are computed only at the positions each pass codes.
         """
         _, M2, H, W = psi.shape
         M = M2 // 2
         anchor, non_anchor = checkerboard_masks(H, W, device=psi.device)
         y_hat = torch.zeros(1, M, H, W, device=psi.device)
         for p, sel_mask in enumerate((anchor, non_anchor)):
-            ctx = torch.zeros_like(psi) if p == 0 else self.context_prediction(y_hat * anchor)
-            weights, means, scales = self._mixture(ctx, psi)
             sel = sel_mask[0].bool().expand(M, H, W)                     # (M, H, W)
-            sym = code(p, sel, self._flat_params(weights, means, scales, sel))
+            if head is None:
+                ctx = torch.zeros_like(psi) if p == 0 else self.context_prediction(y_hat * anchor)
+                params = self._flat_params(*self._mixture(ctx, psi), sel)
+            else:
+                pos = sel_mask.flatten().nonzero().squeeze(1)            # (n,) row-major positions
+                psi_cols = psi[0].flatten(1)[:, pos]                     # (2M, n)
+                ctx = torch.zeros_like(psi_cols) if p == 0 else head.context_at(y_hat * anchor, pos)
+                params = head.params(ctx, psi_cols)
+            sym = code(p, sel, params)
             y_hat[0][sel] = torch.from_numpy(sym).to(y_hat)
         return y_hat
 
-    def serial_positions(self, psi: Tensor, code: Callable[[int, int, CodingParams], np.ndarray]) -> Tensor:
+    def serial_positions(self, psi: Tensor, code: Callable[[int, int, CodingParams], np.ndarray],
+                         head: ExactHead | None = None) -> Tensor:
         """Raster-order coding with the 5x5 masked context, one position at a time, as encoder,
         decoder and bit map all run it: each position's parameters come from the same 5x5 patch
         of already-coded latents.  ``code(h, w, params)`` codes the M symbols at (h, w) and
@@ -380,16 +405,20 @@ class Cheng2020GMM(CompressionModel):
         for h in range(H):
             for w in range(W):
                 patch = y_pad[:, :, h:h + k, w:w + k]                       # (1, M, k, k)
-                ctx = F.conv2d(patch, weight, bias)                         # (1, 2M, 1, 1)
-                weights, means, scales = self._mixture(ctx, psi[:, :, h:h + 1, w:w + 1])
-                sym = code(h, w, self._flat_params(weights, means, scales, sel))
+                if head is None:
+                    ctx = F.conv2d(patch, weight, bias)                     # (1, 2M, 1, 1)
+                    params = self._flat_params(*self._mixture(ctx, psi[:, :, h:h + 1, w:w + 1]), sel)
+                else:
+                    params = head.params(head.context_of_patch(patch), psi[0, :, h, w, None])
+                sym = code(h, w, params)
                 y_pad[0, :, h + pad, w + pad] = torch.from_numpy(sym).to(y_pad)
         return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
 
-    def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+    def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
+                           head: ExactHead | None = None):
         """Encode (y_sym given: returns two streams) or decode (returns y_hat)."""
         if y_sym is None:
-            return self.checkerboard_passes(psi, lambda p, sel, params: StreamReader(streams[p]).read(params))
+            return self.checkerboard_passes(psi, lambda p, sel, params: StreamReader(streams[p]).read(params), head)
         out: list[bytes] = []
 
         def write(p: int, sel: Tensor, params: CodingParams) -> np.ndarray:
@@ -399,14 +428,15 @@ class Cheng2020GMM(CompressionModel):
             out.append(writer.getvalue())
             return sym
 
-        self.checkerboard_passes(psi, write)
+        self.checkerboard_passes(psi, write, head)
         return out
 
-    def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = ()):
+    def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
+                     head: ExactHead | None = None):
         """Encode (y_sym given: returns one stream) or decode (returns y_hat)."""
         if y_sym is None:
             reader = StreamReader(streams[0])
-            return self.serial_positions(psi, lambda h, w, params: reader.read(params))
+            return self.serial_positions(psi, lambda h, w, params: reader.read(params), head)
         sym_all = y_sym.to(torch.int64).numpy()                             # (1, M, H, W)
         writer = StreamWriter(*support_of(sym_all))
 
@@ -414,5 +444,5 @@ class Cheng2020GMM(CompressionModel):
             writer.write(sym_all[0, :, h, w], params)
             return sym_all[0, :, h, w]
 
-        self.serial_positions(psi, write)
+        self.serial_positions(psi, write, head)
         return [writer.getvalue()]
