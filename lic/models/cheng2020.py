@@ -23,6 +23,8 @@ geometrically, so one model covers every mode and the rates between them.
 ``forward`` (training, likelihood estimate) and ``compress`` / ``decompress``
 (real coding) quantize through ``lic.entropy.quantize`` in the same way: y_hat =
 round(y) in both, so ``bpp_est`` from ``forward`` in eval mode and the real bpp agree.
+The coding paths evaluate h_s, the context model and the mixture head through
+``lic.models.exact`` (format version 2), so every machine derives the same tables.
 """
 from __future__ import annotations
 
