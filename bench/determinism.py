@@ -3,6 +3,8 @@
     python bench/determinism.py [--images 24] [--modes all] [--checkpoint PATH | --random [--N 64]]
                                 [--crop HxW] [--tile-size T] [--encode-threads 2]
                                 [--worker-env ONEDNN_MAX_CPU_ISA=AVX2 --worker-env ATEN_CPU_CAPABILITY=avx2]
+                                [--save DIR]        # on one machine, then on another:
+    python bench/determinism.py --check DIR [--checkpoint PATH]
 
 Every Kodak image (``../shared/data/kodak``; synthetic images when absent) is
 encoded at every mode of the model with ``--encode-threads`` torch threads (2)
@@ -99,6 +101,47 @@ def per_tile_reconstruction(net, pixels: np.ndarray, tile_size: int, q) -> np.nd
     return out
 
 
+def machine() -> dict:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "kernels": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def check_saved(folder: Path, checkpoint: str | None) -> int:
+    """Decode here what another machine encoded (``--save``) and compare with its own decodes."""
+    from PIL import Image
+
+    from lic import codec
+    from lic.weights import load_checkpoint, load_model
+
+    meta = json.loads((folder / "machine.json").read_text())
+    net = load_checkpoint(checkpoint) if checkpoint else load_model().net
+    names = sorted(p.name for p in folder.glob("*.lic"))
+    decoded, same, worst, moved, total = 0, 0, 0, 0, 0
+    for name in names:
+        with Image.open(folder / f"{name}.png") as im:
+            theirs = np.asarray(im.convert("RGB"))
+        try:
+            ours = codec.decode_with_net(net, (folder / name).read_bytes())
+        except codec.CodecError as e:
+            print(f"  {name}: FAILED ({e})")
+            continue
+        decoded += 1
+        d = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+        same += int(d.max() == 0)
+        worst, moved, total = max(worst, int(d.max())), moved + int((d > 0).sum()), total + d.size
+    print(f"encoded on {meta}; decoded here on {machine()}")
+    print(f"decoded {decoded}/{len(names)} files; identical pixels in {same}/{len(names)}; "
+          f"values that differ: {moved} of {total}, by at most {worst} level(s)")
+    return 0 if decoded == len(names) else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=24)
@@ -116,11 +159,18 @@ def main(argv=None) -> int:
     p.add_argument("--format-version", type=int, default=None,
                    help="write this .lic format version (default: the current one; 1: tables from the "
                         "float32 networks, as before lic.models.exact)")
+    p.add_argument("--save", type=Path, default=None, metavar="DIR",
+                   help="also keep the files and this machine's decodes (PNG) in DIR, to decode them on "
+                        "another machine with --check DIR")
+    p.add_argument("--check", type=Path, default=None, metavar="DIR",
+                   help="decode the files another machine saved with --save, and compare the pixels")
     p.add_argument("--decode-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.decode_worker is not None:
         decode_worker(args.decode_worker, args.checkpoint)
         return 0
+    if args.check is not None:
+        return check_saved(args.check, args.checkpoint)
 
     from lic import codec, container
     from lic.models import Cheng2020GMM, ModelConfig, cheng2020
@@ -165,10 +215,18 @@ def main(argv=None) -> int:
             (tmp / key).write_bytes(data)
             here_px[key] = codec.decode_with_net(net, data)
             here[key] = digest(here_px[key])
+            if args.save is not None:
+                from PIL import Image
+
+                args.save.mkdir(parents=True, exist_ok=True)
+                (args.save / key).write_bytes(data)
+                Image.fromarray(here_px[key]).save(args.save / f"{key}.png")
             header, _ = container.unpack(data)
             q = None if num_modes <= 1 else header.mode - 1 + header.mode_frac / 256
             recon[key] = digest(per_tile_reconstruction(net, px, header.tile_size, q))
     t_enc = time.perf_counter() - t0
+    if args.save is not None:
+        (args.save / "machine.json").write_text(json.dumps(machine()) + "\n")
     worker_env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.worker_env))
     r = subprocess.run([sys.executable, __file__, "--decode-worker", str(tmp), "--checkpoint", checkpoint],
                        capture_output=True, text=True, cwd=REPO, env=worker_env)
