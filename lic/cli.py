@@ -350,14 +350,54 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
 # ---------------------------------------------------------------------------- decode
 
 
+def describe(data: bytes, name: str, limits=None) -> str:
+    """What ``decode.py --info`` prints: the file's header, its streams and the weights that made
+    it (from the registry, by fingerprint), without decoding anything or importing torch."""
+    from lic import container
+    from lic.registry import read_registry
+
+    h, streams = container.unpack(data, limits or container.Limits())
+    mode = f"{h.mode + h.mode_frac / 256:g}"
+    kinds = ["z"] + ["y"] * (len(streams) - 1)
+    tiles = "untiled" if h.tile_size == 0 else f"tiles of {h.tile_size}"
+    known = [e for e in read_registry() if e.get("fingerprint") == h.fingerprint]
+    weights = (f"{known[0]['file']} ({known[0]['name']}, in the registry)" if known
+               else "not in the registry (decode with --checkpoint)")
+    return "\n".join([
+        f"file:     {name}: {len(data):,} bytes, {8 * len(data) / (h.height * h.width):.4f} bpp",
+        f"format:   .lic version {h.version}: {container.VERSIONS[h.version]}",
+        f"model:    {h.model_name}, mode {mode}",
+        f"image:    {h.width}x{h.height}, {h.channels} channels; latents {h.latent_channels} x "
+        f"{h.latent_height} x {h.latent_width}; {tiles}",
+        f"streams:  {len(streams)} ({', '.join(f'{k} {len(s):,} B' for k, s in zip(kinds, streams))})",
+        f"weights:  fingerprint {h.fingerprint:08x} = {weights}",
+    ]) + "\n"
+
+
 def decode_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lic-decode``; returns the exit status."""
     prog = "lic-decode"
 
     def body() -> int:
+        def extra(p: argparse.ArgumentParser) -> None:
+            p.add_argument("--info", action="store_true",
+                           help="print what the file holds (format version, model, mode, size, streams, "
+                                "weights) on stdout and decode nothing")
         p = _parser(prog, "Decompress a .lic file into an image (PNG unless OUT's extension says "
-                          "otherwise).", ".png")
+                          "otherwise).", ".png", extra)
         args = _parse(p, argv)
+        if args.info:
+            if args.output is not None:
+                _usage(p, "--info writes its report to stdout; -o is not allowed with it")
+            from lic import container
+
+            data = _read_bytes(args.input)
+            try:
+                report = describe(data, _display(args.input, "<stdin>"), _limits(args.max_pixels))
+            except container.FormatError as e:
+                raise _Exit(EXIT_BAD_INPUT, _one_line(e)) from e
+            sys.stdout.write(report)
+            return EXIT_OK
         opts = _common(p, args, ".png")
 
         from lic.io import output_format

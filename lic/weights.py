@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lic.container import MODEL_IDS
+from lic.registry import read_registry, weights_dir  # noqa: F401  (re-exported: lic.weights.read_registry)
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
 
 DEFAULT_MODE = 3.0   # the default mode of a registry entry without "default_mode" (and of checkpoints)
@@ -38,9 +39,6 @@ class UnknownModeError(WeightsError):
     """The requested compression mode does not exist for this model."""
 
 
-def weights_dir() -> Path:
-    env = os.environ.get("LIC_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "weights"
 
 
 def model_id_of(config: ModelConfig) -> int:
@@ -152,11 +150,6 @@ def load_checkpoint(path: str | Path) -> Cheng2020GMM:
     return load_lightning_checkpoint(path)
 
 
-def read_registry() -> list[dict]:
-    path = weights_dir() / "registry.json"
-    if not path.exists():
-        return []
-    return json.loads(path.read_text())["models"]
 
 
 def _registry_entry(model: str | None, mode: float | None, model_id: int | None = None,

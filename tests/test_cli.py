@@ -288,3 +288,50 @@ def test_failed_write_leaves_nothing(tmp_path, png, checkpoints, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("lic-encode: error: cannot write"), err
     assert listing(tmp_path) == ["dir.lic", "img.png"] and listing(tmp_path / "dir.lic") == []
+
+
+def test_info_describes_a_file_without_decoding_or_torch(tmp_path, png, checkpoints):
+    """decode.py --info: the header, the streams and the weights on stdout, exit 0; no torch; a bad
+    file is exit 3 with one line; -o with it is a usage error."""
+    lic = tmp_path / "img.lic"
+    assert _encode_in_process(checkpoints["vr"], png, lic, "-q", "2.5") == 0
+    data = lic.read_bytes()
+    code = ("import sys, runpy\n"
+            f"sys.argv = ['decode.py', '--info', {str(lic)!r}]\n"
+            "try:\n"
+            "    runpy.run_path('decode.py', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 0, e.code\n"
+            "assert 'torch' not in sys.modules, 'imported torch'\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert f"{len(data):,} bytes, {8 * len(data) / (40 * 70):.4f} bpp" in out
+    assert f".lic version {container.VERSION}: " in out
+    assert "model:    cheng2020-gmm-vr-checkerboard, mode 2.5" in out
+    assert "image:    70x40, 3 channels; latents 8 x 4 x 8; untiled" in out
+    _, streams = container.unpack(data)
+    assert f"streams:  3 (z {len(streams[0]):,} B, y {len(streams[1]):,} B, y {len(streams[2]):,} B)" in out
+    assert "not in the registry (decode with --checkpoint)" in out    # tiny weights: not shipped
+    assert r.stderr == ""
+
+    bad = tmp_path / "bad.lic"
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert_one_error(run("decode.py", "--info", str(bad)), 3, "lic-decode", "checksum mismatch")
+    r = run("decode.py", "--info", str(lic), "-o", str(tmp_path / "x.png"))     # usage: the usage, then one line
+    assert r.returncode == 2 and r.stdout == b""
+    assert error_lines(r.stderr)[-1] == "lic-decode: error: --info writes its report to stdout; -o is not allowed with it"
+    assert listing(tmp_path) == ["bad.lic", "img.lic", "img.png"]
+
+
+def test_info_names_the_shipped_weights(tmp_path):
+    from lic.registry import read_registry
+
+    default = next(e for e in read_registry() if e.get("default"))
+    from lic.cli import describe
+    from lic.weights import load_model
+    from lic import codec
+
+    loaded = load_model()
+    data = codec.encode_image(loaded, RGB)
+    assert f"= {default['file']} ({default['name']}, in the registry)" in describe(data, "x.lic")
