@@ -106,6 +106,11 @@ class ExactHead:
         ctx = net.context_prediction
         self.ctx = _conv("context_prediction", ctx, ctx.mask)
         self.k = ctx.kernel_size[0]
+        # the mask's live taps (12 of 25 for both masks): the matrix products skip the zero ones,
+        # which changes no sum (they add exact zeros)
+        self.taps = ctx.mask.flatten().nonzero().squeeze(1)                  # (t,)
+        w = self.ctx.w.flatten(2)[:, :, self.taps]                           # (2M, M, t)
+        self.ctx_w = w.reshape(w.shape[0], -1)                               # (2M, M t)
         self.head: list = []
         for i, m in enumerate(net.entropy_parameters):
             if isinstance(m, nn.Conv2d):
@@ -141,12 +146,17 @@ class ExactHead:
             sel = pos[(pos >= r0 * W) & (pos < r1 * W)] - r0 * W            # positions in this band
             if sel.numel():
                 cols = F.unfold(y_pad[:, :, r0:r1 + 2 * p], self.k)[0]      # (M k k, (r1 - r0) W)
-                out.append(self.ctx.matmul(cols[:, sel]))
+                out.append(self._ctx_matmul(cols[:, sel]))
         return torch.cat(out, dim=1)
+
+    def _ctx_matmul(self, cols: Tensor) -> Tensor:
+        """(M k k, n) unfolded patches -> (2M, n), over the mask's live taps only."""
+        live = cols.reshape(self.M, self.k * self.k, -1)[:, self.taps]       # (M, t, n)
+        return self.ctx_w @ live.reshape(-1, cols.shape[1]) + self.ctx.b[:, None]
 
     def context_of_patch(self, patch: Tensor) -> Tensor:
         """The context model's output (2M, 1) for one k x k patch (1, M, k, k) of decoded latents."""
-        return self.ctx.matmul(act(patch).reshape(-1, 1))
+        return self._ctx_matmul(act(patch).reshape(-1, 1))
 
     def params(self, ctx: Tensor, psi_cols: Tensor) -> CodingParams:
         """The mixture head at n positions: ctx and psi_cols (2M, n) -> coding parameters, (M n, K)
