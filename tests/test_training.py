@@ -426,3 +426,18 @@ def test_crops_are_exact_and_writable(tmp_path):
         x = ds[0]
     assert x.shape == (3, 32, 32)
     assert np.array_equal((x * 255).round().byte().permute(1, 2, 0).numpy(), img)
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_config_builds_its_model(experiment):
+    """Each configs/experiment/*.yaml composes and instantiates its LitCodec; the shipped default's
+    recipes have the widths the docs give them."""
+    from hydra.utils import instantiate
+
+    cfg = compose([f"experiment={experiment}"])
+    module = instantiate(cfg.model, _convert_="all")
+    c = module.net.config
+    assert c.num_modes == len(c.lmbdas) if c.num_modes > 1 else c.num_modes == 1
+    widths = {"gpu_vr_m192": (64, 192, 64), "gpu_vr_m192s160": (64, 192, 160), "gpu_vr": (64, 64, 64)}
+    if experiment in widths:
+        assert (c.N, c.M, c.N_s) == widths[experiment]
