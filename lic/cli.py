@@ -358,8 +358,14 @@ def describe(data: bytes, name: str, limits=None) -> str:
 
     h, streams = container.unpack(data, limits or container.Limits())
     mode = f"{h.mode + h.mode_frac / 256:g}"
-    kinds = ["z"] + ["y"] * (len(streams) - 1)
+    spt = 3 if h.model_name.endswith("checkerboard") else 2      # streams per tile: z, then y per pass
+    kinds = ["z" if i % spt == 0 else "y" for i in range(len(streams))]
     tiles = "untiled" if h.tile_size == 0 else f"tiles of {h.tile_size}"
+    if len(streams) > spt:                                          # tiled: totals per kind
+        z, y = (sum(len(st) for st, k in zip(streams, kinds) if k == kind) for kind in "zy")
+        listed = f"{len(streams) // spt} tiles x {spt}: z {z:,} B, y {y:,} B in all"
+    else:
+        listed = ", ".join(f"{k} {len(st):,} B" for k, st in zip(kinds, streams))
     known = [e for e in read_registry() if e.get("fingerprint") == h.fingerprint]
     weights = (f"{known[0]['file']} ({known[0]['name']}, in the registry)" if known
                else "not in the registry (decode with --checkpoint)")
@@ -369,7 +375,7 @@ def describe(data: bytes, name: str, limits=None) -> str:
         f"model:    {h.model_name}, mode {mode}",
         f"image:    {h.width}x{h.height}, {h.channels} channels; latents {h.latent_channels} x "
         f"{h.latent_height} x {h.latent_width}; {tiles}",
-        f"streams:  {len(streams)} ({', '.join(f'{k} {len(s):,} B' for k, s in zip(kinds, streams))})",
+        f"streams:  {len(streams)} ({listed})",
         f"weights:  fingerprint {h.fingerprint:08x} = {weights}",
     ]) + "\n"
 

@@ -335,3 +335,8 @@ def test_info_names_the_shipped_weights(tmp_path):
     loaded = load_model()
     data = codec.encode_image(loaded, RGB)
     assert f"= {default['file']} ({default['name']}, in the registry)" in describe(data, "x.lic")
+    # tiled (70x40 in tiles of 64: 2 tiles of z + 2 y streams): totals per kind
+    tiled = codec.encode_image(loaded, RGB, tile_size=64)
+    _, streams = container.unpack(tiled)
+    z, y = len(streams[0]) + len(streams[3]), sum(len(st) for i, st in enumerate(streams) if i % 3)
+    assert f"streams:  6 (2 tiles x 3: z {z:,} B, y {y:,} B in all)" in describe(tiled, "t.lic")
