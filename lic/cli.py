@@ -358,7 +358,7 @@ def describe(data: bytes, name: str, limits=None) -> str:
 
     h, streams = container.unpack(data, limits or container.Limits())
     mode = f"{h.mode + h.mode_frac / 256:g}"
-    spt = 3 if h.model_name.endswith("checkerboard") else 2      # streams per tile: z, then y per pass
+    spt = h.streams_per_tile
     kinds = ["z" if i % spt == 0 else "y" for i in range(len(streams))]
     tiles = "untiled" if h.tile_size == 0 else f"tiles of {h.tile_size}"
     if len(streams) > spt:                                          # tiled: totals per kind

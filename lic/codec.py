@@ -56,10 +56,6 @@ class CodecError(FormatError):
     """A well-formed file that this decoder cannot decode (other weights, bad streams)."""
 
 
-def _streams_per_tile(net: Cheng2020GMM) -> int:
-    return 3 if net.config.context == "checkerboard" else 2   # z, then y (two passes or one)
-
-
 def pad(x: torch.Tensor, multiple: int = PAD) -> torch.Tensor:
     """(1, 3, H, W) -> (1, 3, H', W') with H', W' the next multiples, edge pixels replicated."""
     h, w = x.shape[-2:]
@@ -247,7 +243,7 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
     if th0 * tw0 > MAX_TILE_PIXELS:
         raise CodecError(f"tiles of {tw0}x{th0} pixels exceed this decoder's limit of {MAX_TILE_PIXELS} "
                          "pixels per tile")
-    spt = _streams_per_tile(net)
+    spt = header.streams_per_tile   # the model id matched the net's above
     if len(streams) != len(tiles) * spt:
         raise CodecError(f"expected {len(tiles) * spt} streams ({len(tiles)} tiles of {spt}), found {len(streams)}")
 

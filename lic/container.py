@@ -135,6 +135,11 @@ class Header:
         """The model's name from :data:`MODEL_IDS` (KeyError for an unknown id)."""
         return MODEL_IDS[self.model_id]
 
+    @property
+    def streams_per_tile(self) -> int:
+        """Streams each tile writes: z, then y per context pass (two for checkerboard, one for serial)."""
+        return 3 if self.model_name.endswith("-checkerboard") else 2
+
 
 def latent_size(height: int, width: int) -> tuple[int, int]:
     """(latent_height, latent_width) of the whole padded image: ceil(side / 64) * 4."""

@@ -246,3 +246,11 @@ def test_import_is_stdlib_only():
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_streams_per_tile_follow_the_context():
+    want = {"cheng2020-gmm-checkerboard": 3, "cheng2020-gmm-serial": 2,
+            "cheng2020-gmm-vr-checkerboard": 3, "cheng2020-gmm-vr-serial": 2}
+    for model_id, name in MODEL_IDS.items():
+        h = dataclasses.replace(HEADER, model_id=model_id, mode_frac=0)
+        assert h.streams_per_tile == want[name]
