@@ -101,6 +101,12 @@ def per_tile_reconstruction(net, pixels: np.ndarray, tile_size: int, q) -> np.nd
     return out
 
 
+def pixel_diff(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int]:
+    """(largest difference in levels, values that differ, values) between two decodes."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return int(d.max()), int((d > 0).sum()), d.size
+
+
 def machine() -> dict:
     import platform
 
@@ -133,9 +139,9 @@ def check_saved(folder: Path, checkpoint: str | None) -> int:
             print(f"  {name}: FAILED ({e})")
             continue
         decoded += 1
-        d = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-        same += int(d.max() == 0)
-        worst, moved, total = max(worst, int(d.max())), moved + int((d > 0).sum()), total + d.size
+        top, n, size = pixel_diff(ours, theirs)
+        same += int(top == 0)
+        worst, moved, total = max(worst, top), moved + n, total + size
     print(f"encoded on {meta}; decoded here on {machine()}")
     print(f"decoded {decoded}/{len(names)} files; identical pixels in {same}/{len(names)}; "
           f"values that differ: {moved} of {total}, by at most {worst} level(s)")
@@ -240,8 +246,7 @@ def main(argv=None) -> int:
     for k in here_px:
         f = tmp / k.replace(".lic", ".npy")
         if f.exists():
-            d = np.abs(np.load(f).astype(np.int16) - here_px[k].astype(np.int16))
-            diffs[k] = (int(d.max()), int((d > 0).sum()), d.size)
+            diffs[k] = pixel_diff(np.load(f), here_px[k])
     shutil.rmtree(tmp, ignore_errors=True)
     print(*[line for line in r.stderr.splitlines() if line.startswith("worker:")], sep="\n")
     fresh = json.loads(r.stdout.strip().splitlines()[-1])
