@@ -231,12 +231,9 @@ class LitCodec(L.LightningModule):
         self.net.load_state_dict(widened_state(src, self.net), strict=True)
         old = tuple(src.config.lmbdas)
         record = {"from": str(path), "lmbdas": list(old)}
-        if src.config.M != self.config.M:
-            record["M"] = src.config.M
-        if src.config.N != self.config.N:
-            record["N"] = src.config.N
-        if src.config.N_s != self.config.N_s:
-            record["N_s"] = src.config.N_s
+        for width in ("M", "N", "N_s"):   # the source's widths where this run widened them
+            if getattr(src.config, width) != getattr(self.config, width):
+                record[width] = getattr(src.config, width)
         if meta.get("lic_trained"):
             record["trained"] = json.loads(meta["lic_trained"])
         self._stats_base["init_from"] = record
