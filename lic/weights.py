@@ -39,8 +39,6 @@ class UnknownModeError(WeightsError):
     """The requested compression mode does not exist for this model."""
 
 
-
-
 def model_id_of(config: ModelConfig) -> int:
     return _MODEL_KEYS[(config.context, config.num_modes > 1)]
 
@@ -148,8 +146,6 @@ def load_checkpoint(path: str | Path) -> Cheng2020GMM:
     if str(path).endswith(".safetensors"):
         return load_safetensors(path)[0]
     return load_lightning_checkpoint(path)
-
-
 
 
 def _registry_entry(model: str | None, mode: float | None, model_id: int | None = None,
