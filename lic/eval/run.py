@@ -72,7 +72,7 @@ def run(cfg: DictConfig) -> EvalResult:
                       with_ms_ssim=cfg.ms_ssim, crop=cfg.crop,
                       title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache)
     if cache is not None:
-        print(f"record cache {cache.path}: {cache.hits} classical-codec results reused, {cache.misses} coded")
+        print(cache.summary())
         cache.close()
     if cfg.side_by_side.enabled:
         try:

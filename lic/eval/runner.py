@@ -229,6 +229,9 @@ class RecordCache:
         self._db.execute("INSERT OR REPLACE INTO records VALUES (?, ?)", (key, json.dumps(asdict(record))))
         self._db.commit()
 
+    def summary(self) -> str:
+        return f"record cache {self.path}: {self.hits} classical-codec results reused, {self.misses} coded"
+
     def close(self) -> None:
         self._db.close()
 
@@ -601,7 +604,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         title=f"{args.dataset} ({len(files)} images)",
     )
     if cache is not None:
-        print(f"record cache {cache.path}: {cache.hits} reused, {cache.misses} coded")
+        print(cache.summary())
         cache.close()
     if res.bd is not None:
         print(res.bd.to_markdown())
