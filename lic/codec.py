@@ -41,6 +41,7 @@ from lic import container, io
 from lic.container import FormatError, Header, Limits
 from lic.entropy.mixture import MixtureStreamError, StreamReader
 from lic.models.cheng2020 import Cheng2020GMM
+from lic.refine import RefineConfig
 from lic.weights import LoadedModel, fingerprint, load_for_header, model_id_of, split_mode
 
 PAD = 64
@@ -199,12 +200,15 @@ def prepare_input(net: Cheng2020GMM, pixels: np.ndarray, mode: float) -> tuple[i
 
 
 def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp: int | None = None,
-                    *, tile_size: int | None = None, version: int = container.VERSION) -> bytes:
+                    *, tile_size: int | None = None, version: int = container.VERSION,
+                    refine: RefineConfig | None = None) -> bytes:
     """Encode one image (H, W, 3) uint8 with ``net`` at 1-based ``mode``; returns the whole file.
 
     ``tile_size``: see :func:`choose_tile_size` (None: tile images larger than
     :data:`DEFAULT_TILE_SIZE` pixels a side).  ``version``: the format version to write
     (:data:`lic.container.VERSIONS`); 1 only to test that old files still decode.
+    ``refine``: search each tile for a cheaper latent than g_a's (:mod:`lic.refine`); the
+    file decodes with the same decoder.
     """
     if version not in container.VERSIONS:
         raise ValueError(f"unknown format version {version}")
@@ -213,7 +217,9 @@ def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp
     t = choose_tile_size(h, w, tile_size)
     streams: list[bytes] = []
     for top, left, th, tw in tile_grid(h, w, t):
-        streams += net.compress(_tile_input(pixels, top, left, th, tw), q, exact=version >= 2).streams
+        valid = (min(th, h - top), min(tw, w - left))
+        streams += net.compress(_tile_input(pixels, top, left, th, tw), q, exact=version >= 2,
+                                refine=refine, valid=valid).streams
     lh, lw = container.latent_size(h, w)
     header = Header(model_id=model_id_of(net.config), mode=m, mode_frac=frac,
                     fingerprint=fingerprint(net) if fp is None else fp, height=h, width=w, channels=3,
@@ -273,9 +279,10 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
     return out
 
 
-def encode_image(loaded: LoadedModel, pixels: np.ndarray, *, tile_size: int | None = None) -> bytes:
+def encode_image(loaded: LoadedModel, pixels: np.ndarray, *, tile_size: int | None = None,
+                 refine: RefineConfig | None = None) -> bytes:
     return encode_with_net(loaded.net, pixels, loaded.mode + loaded.mode_frac / 256, loaded.fingerprint,
-                           tile_size=tile_size)
+                           tile_size=tile_size, refine=refine)
 
 
 def decode_image(data: bytes, checkpoint: str | None = None, limits: Limits | None = None) -> np.ndarray:

@@ -12,12 +12,14 @@ from lic.eval import baselines as B
 from lic.eval.metrics import psnr
 from lic.eval.runner import (
     ImageRecord,
+    RecordCache,
     aggregate,
     evaluate,
     read_csv,
     read_pixels,
     reference_dir,
     resolve_dataset,
+    pixels_sha,
     run_codecs,
     shared_dir,
 )
@@ -173,6 +175,21 @@ def test_runner_records_ms_ssim_crop_and_pairs():
     assert (recs[0].width, recs[0].height) == (64, 64)
     (curve,) = aggregate(recs)
     assert curve.name == "JPEG" and curve.settings == [80]
+
+
+def test_runner_workers_give_the_same_records_in_the_same_order(tmp_path):
+    images = [("a", make_image(64, 80)), ("b", make_image(48, 64))]
+    codecs = [B.JPEG(settings=[30, 80]), B.WebP(settings=[50])]
+    cache = RecordCache(tmp_path / "records.sqlite")
+    cache.put(cache.key(codecs[0].cache_id(30), pixels_sha(images[1][1]), False),
+              run_codecs(images[1:], [B.JPEG(settings=[30])], progress=False, with_ms_ssim=False)[0])
+    serial = run_codecs(images, codecs, progress=False, with_ms_ssim=False)
+    parallel = run_codecs(images, codecs, progress=False, with_ms_ssim=False, workers=2, cache=cache)
+    assert cache.hits == 1 and cache.misses == 5
+    key = [(r.codec, r.setting, r.image, r.bytes, r.psnr) for r in serial]
+    assert [(r.codec, r.setting, r.image, r.bytes, r.psnr) for r in parallel] == key
+    with pytest.raises(ValueError, match="workers"):
+        run_codecs(images, codecs, progress=False, workers=0)
 
 
 def test_runner_rejects_bad_decoder():

@@ -89,6 +89,8 @@ def test_version_and_help_do_not_import_torch(tool, main):
     ("encode.py", ["x.png", "-q", "abc"], "invalid mode"),
     ("encode.py", ["x.png", "-q", "nan"], "invalid mode"),
     ("encode.py", ["x.png", "--max-pixels", "0"], "at least 1"),
+    ("encode.py", ["x.png", "--refine", "-1"], "must be 0 to 100000"),
+    ("encode.py", ["x.png", "--refine", "ten"], "invalid number of steps"),
     ("encode.py", ["x.png", "--model", "jpeg"], "unknown model 'jpeg'"),
     ("encode.py", ["x.png", "--model", "7"], "unknown model '7'"),
     ("encode.py", ["x.png", "-v", "--quiet"], "not allowed with"),
@@ -254,6 +256,19 @@ def test_mode_errors_are_usage_errors(tmp_path, png, checkpoints, capsys):
     assert _encode_in_process(checkpoints["vr"], png, out, "-q", "2.5", "--model", "3") == 0
     header, _ = container.unpack(out.read_bytes())
     assert (header.model_id, header.mode, header.mode_frac) == (3, 2, 128)
+
+
+def test_refine_writes_a_file_the_plain_decoder_reads(tmp_path, png, checkpoints, capsys):
+    plain, refined = tmp_path / "plain.lic", tmp_path / "refined.lic"
+    assert _encode_in_process(checkpoints["vr"], png, plain, "-q", "2") == 0
+    assert _encode_in_process(checkpoints["vr"], png, refined, "-q", "2", "--refine", "3") == 0
+    a, b = container.unpack(plain.read_bytes())[0], container.unpack(refined.read_bytes())[0]
+    assert a == b                                                # same header: model, mode, version, size
+    assert decode_main([str(refined), "-o", str(tmp_path / "r.png"), "--checkpoint", str(checkpoints["vr"])]) == 0
+    assert np.asarray(Image.open(tmp_path / "r.png")).shape == RGB.shape
+    # a single-rate model records no lambda: refining it is a usage error, and nothing is written
+    assert _encode_in_process(checkpoints["a"], png, tmp_path / "a.lic", "--refine", "3") == 2
+    assert "no lambda" in capsys.readouterr().err and not (tmp_path / "a.lic").exists()
 
 
 def test_foreign_weights_are_invalid_input(tmp_path, png, checkpoints, capsys):

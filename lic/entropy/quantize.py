@@ -36,3 +36,22 @@ def quantize(y: Tensor, mode: QuantMode | str) -> Tensor:
 def to_symbols(y: Tensor) -> Tensor:
     """Round ``y`` and return integer symbols (int32) for the entropy coder."""
     return torch.round(y).to(torch.int32)
+
+
+def annealed_round(y: Tensor, tau: float, generator: torch.Generator | None = None) -> Tensor:
+    """Stochastic Gumbel annealing (SGA; Yang, Bamler & Mandt, NeurIPS 2020): a differentiable,
+    random stand-in for round(y), used only by the encoder's latent refinement (``lic.refine``).
+
+    Each element goes to floor(y) or floor(y) + 1, drawn through a Gumbel-softmax at temperature
+    ``tau`` whose logits -atanh(distance) / tau favour the nearer integer; the output is the soft
+    mix of the two.  As ``tau`` -> 0 it becomes round(y) (the coder then codes ``round``'s integers,
+    so this never decides a symbol).  ``generator`` makes the draws reproducible.
+    """
+    y_floor = torch.floor(y)
+    eps = 1e-5
+    r = (y - y_floor).clamp(eps, 1 - eps)                                   # distance to floor(y)
+    logits = torch.stack([-torch.atanh(r), -torch.atanh(1 - r)], dim=-1) / tau   # (..., 2)
+    u = torch.rand(logits.shape, generator=generator, dtype=y.dtype, device=y.device)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+    w = torch.softmax((logits + gumbel) / tau, dim=-1)
+    return y_floor + w[..., 1]                                              # floor * w0 + (floor + 1) * w1

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from lic import codec, container
+from lic.refine import RefineConfig
 from lic.weights import LoadedModel, fingerprint, load_checkpoint, load_model, model_id_of, read_registry
 
 
@@ -21,13 +22,24 @@ class LicCodec:
     models: dict[float, LoadedModel]
     description: str = ""
     settings: list[float] = field(default_factory=list)
+    refine: RefineConfig | None = None     # the encoder's latent refinement (lic.refine); None: off
+    recipe: tuple | None = None            # how a builder made it: worker processes rebuild from this
 
     def __post_init__(self) -> None:
         self.settings = self.settings or sorted(self.models)
 
+    def __reduce__(self):
+        """Pickle as the builder call that made it (CompressAI's modules do not pickle), so that
+        ``run_codecs(workers=N)`` can hand it to worker processes; each loads the weights itself."""
+        if self.recipe is None:
+            raise TypeError("this LicCodec was not made by LicCodec.shipped / from_checkpoints, so it "
+                            "cannot be sent to worker processes: use workers=1")
+        return _rebuild, (self.recipe, self.name, self.refine)
+
     def encode(self, pixels: np.ndarray, mode: float) -> bytes:
         lm = self.models[mode]
-        return codec.encode_with_net(lm.net, pixels, mode if lm.net.config.num_modes > 1 else lm.mode, lm.fingerprint)
+        return codec.encode_with_net(lm.net, pixels, mode if lm.net.config.num_modes > 1 else lm.mode, lm.fingerprint,
+                                     refine=self.refine)
 
     def decode(self, data: bytes) -> np.ndarray:
         header = container.peek_header(data)
@@ -37,7 +49,7 @@ class LicCodec:
     # ------------------------------------------------------------ builders
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], modes: Sequence[float] | None = None,
-                         name: str | None = None) -> "LicCodec":
+                         name: str | None = None, refine: RefineConfig | None = None) -> "LicCodec":
         """From training checkpoints (.ckpt) or exported .safetensors: one variable-rate file,
         or several single-rate files (mode i+1 for the i-th)."""
         models: dict[float, LoadedModel] = {}
@@ -50,12 +62,15 @@ class LicCodec:
                     models[float(m)] = lm
             else:
                 models[float(modes[i] if modes else i + 1)] = lm
-        label = name or f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
-        return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}")
+        label = name or (f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
+                         + refine_label(refine))
+        return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}",
+                   refine=_active(refine),
+                   recipe=("checkpoints", tuple(map(str, paths)), tuple(modes) if modes else None))
 
     @classmethod
     def shipped(cls, model: str | None = None, modes: Sequence[float] | None = None,
-                name: str | None = None) -> "LicCodec":
+                name: str | None = None, refine: RefineConfig | None = None) -> "LicCodec":
         """The shipped registry model(s)."""
         entries = [e for e in read_registry() if (model is None and e.get("default")) or e["name"] == model]
         if not entries:
@@ -64,8 +79,25 @@ class LicCodec:
         models = {float(m): load_model(mode=float(m), model=entries[0]["name"] if entries else model)
                   for m in (modes or all_modes)}
         first = models[min(models)]
-        label = name or f"lic {first.name} {widths_label(first.net.config)}"
-        return cls(label, models, description=f"lic shipped weights: {first.source}")
+        label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine)
+        return cls(label, models, description=f"lic shipped weights: {first.source}", refine=_active(refine),
+                   recipe=("shipped", model, tuple(modes) if modes else None))
+
+
+def _rebuild(recipe: tuple, name: str, refine: RefineConfig | None) -> LicCodec:
+    kind, source, modes = recipe
+    if kind == "shipped":
+        return LicCodec.shipped(source, modes, name, refine=refine)
+    return LicCodec.from_checkpoints(list(source), modes, name, refine=refine)
+
+
+def _active(refine: RefineConfig | None) -> RefineConfig | None:
+    return refine if refine is not None and refine.steps > 0 else None
+
+
+def refine_label(refine: RefineConfig | None) -> str:
+    """What a curve label adds for a refining encoder: ", refined (50 steps)", or nothing."""
+    return f", refined ({refine.steps} steps)" if _active(refine) else ""
 
 
 def widths_label(config) -> str:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lic.eval.baselines import available_baselines
 from lic.eval.lic_codec import LicCodec
+from lic.refine import RefineConfig
 from lic.eval.plot import DEFAULT_REFERENCES, load_reference_curves, side_by_side_standard
 from lic.eval.runner import EvalResult, RecordCache, evaluate, resolve_dataset
 
@@ -30,9 +31,10 @@ def _references(cfg: DictConfig, full_kodak: bool):
 def build_codec(cfg: DictConfig) -> LicCodec:
     m = cfg.model
     modes = [float(q) for q in m.modes] if m.modes else None
+    refine = RefineConfig(steps=int(m.get("refine") or 0))
     if m.checkpoints:
-        return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label)
-    return LicCodec.shipped(m.name, modes, m.label)
+        return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label, refine=refine)
+    return LicCodec.shipped(m.name, modes, m.label, refine=refine)
 
 
 def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
@@ -70,7 +72,8 @@ def run(cfg: DictConfig) -> EvalResult:
     cache = RecordCache(Path(cfg.cache_dir) / "records.sqlite") if cfg.get("cache_dir") else None
     result = evaluate(files, codecs, out, references=_references(cfg, full_kodak), anchor=cfg.anchor,
                       with_ms_ssim=cfg.ms_ssim, crop=cfg.crop,
-                      title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache)
+                      title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache,
+                      workers=int(cfg.get("workers") or 1))
     if cache is not None:
         print(cache.summary())
         cache.close()

@@ -269,6 +269,50 @@ def _load_images(images: Iterable[ImageSpec], crop: int | None) -> list[tuple[st
     return out
 
 
+def _code_one(codec: Any, setting: Any, name: str, pixels: np.ndarray, with_ms_ssim: bool) -> ImageRecord:
+    """Encode, decode and measure one (codec, setting, image)."""
+    t0 = time.perf_counter()
+    data = codec.encode(pixels, setting)
+    t1 = time.perf_counter()
+    rec = codec.decode(bytes(data))
+    t2 = time.perf_counter()
+    rec = np.asarray(rec)
+    if rec.shape != pixels.shape or rec.dtype != np.uint8:
+        raise ValueError(
+            f"{codec.name} @ {setting} on {name}: decoded {rec.dtype} "
+            f"{rec.shape}, expected uint8 {pixels.shape}"
+        )
+    h, w = pixels.shape[:2]
+    return ImageRecord(
+        codec=codec.name,
+        setting=setting,
+        image=name,
+        width=int(w),
+        height=int(h),
+        bytes=len(data),
+        bpp=8.0 * len(data) / (h * w),
+        psnr=psnr(pixels, rec),
+        ms_ssim=ms_ssim(pixels, rec) if with_ms_ssim else math.nan,
+        encode_seconds=t1 - t0,
+        decode_seconds=t2 - t1,
+    )
+
+
+_WORKER: dict[str, Any] = {}   # what a worker process of run_codecs was given, once
+
+
+def _worker_init(codecs: Sequence[Any], loaded: list[tuple[str, np.ndarray]], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER.update(codecs=codecs, loaded=loaded)
+
+
+def _worker_code(ci: int, setting: Any, ii: int, with_ms_ssim: bool) -> ImageRecord:
+    name, pixels = _WORKER["loaded"][ii]
+    return _code_one(_WORKER["codecs"][ci], setting, name, pixels, with_ms_ssim)
+
+
 def run_codecs(
     images: Iterable[ImageSpec],
     codecs: Sequence[Any],
@@ -277,68 +321,72 @@ def run_codecs(
     progress: bool = True,
     crop: int | None = None,
     cache: RecordCache | None = None,
+    workers: int = 1,
 ) -> list[ImageRecord]:
     """Encode / decode every image with every codec at every setting; one record each.
 
     ``images``: paths, or ``(name, pixels)`` pairs.  ``crop``: centre-crop each image
     to at most ``crop`` x ``crop`` first (for quick runs).  ``cache``: reuse (and store) the
-    records of codecs that have ``cache_id``.
+    records of codecs that have ``cache_id``.  ``workers`` > 1: code in that many processes
+    (spawned, each given the codecs and images once, with torch's threads shared out among
+    them); the records are the same and in the same order, but encode / decode seconds are
+    then measured side by side with other work.
     """
     from tqdm import tqdm
 
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     loaded = _load_images(images, crop)
     shas = {name: pixels_sha(px) for name, px in loaded} if cache is not None else {}
     names = [c.name for c in codecs]
     if len(set(names)) != len(names):
         raise ValueError(f"codec names must be unique: {names}")
-    total = len(loaded) * sum(len(c.settings) for c in codecs)
-    records: list[ImageRecord] = []
-    with tqdm(total=total, disable=not progress, unit="img", dynamic_ncols=True) as bar:
-        for codec in codecs:
-            for setting in codec.settings:
-                bar.set_description(f"{codec.name} @ {setting}")
-                cache_id = getattr(codec, "cache_id", None) if cache is not None else None
-                codec_id = cache_id(setting) if cache_id is not None else None
-                for name, pixels in loaded:
-                    key = cache.key(codec_id, shas[name], with_ms_ssim) if codec_id is not None else None
-                    hit = cache.get(key) if key is not None else None
-                    if hit is not None:
-                        cache.hits += 1
-                        records.append(ImageRecord(**{**hit, "codec": codec.name, "setting": setting, "image": name}))
-                        bar.update(1)
-                        continue
-                    t0 = time.perf_counter()
-                    data = codec.encode(pixels, setting)
-                    t1 = time.perf_counter()
-                    rec = codec.decode(bytes(data))
-                    t2 = time.perf_counter()
-                    rec = np.asarray(rec)
-                    if rec.shape != pixels.shape or rec.dtype != np.uint8:
-                        raise ValueError(
-                            f"{codec.name} @ {setting} on {name}: decoded {rec.dtype} "
-                            f"{rec.shape}, expected uint8 {pixels.shape}"
-                        )
-                    h, w = pixels.shape[:2]
-                    records.append(
-                        ImageRecord(
-                            codec=codec.name,
-                            setting=setting,
-                            image=name,
-                            width=int(w),
-                            height=int(h),
-                            bytes=len(data),
-                            bpp=8.0 * len(data) / (h * w),
-                            psnr=psnr(pixels, rec),
-                            ms_ssim=ms_ssim(pixels, rec) if with_ms_ssim else math.nan,
-                            encode_seconds=t1 - t0,
-                            decode_seconds=t2 - t1,
-                        )
-                    )
-                    if key is not None:
-                        cache.misses += 1
-                        cache.put(key, records[-1])
+    records: list[ImageRecord | None] = []
+    jobs: list[tuple[int, int, Any, int, str | None]] = []   # (slot, codec, setting, image, cache key)
+    for ci, codec in enumerate(codecs):
+        for setting in codec.settings:
+            cache_id = getattr(codec, "cache_id", None) if cache is not None else None
+            codec_id = cache_id(setting) if cache_id is not None else None
+            for ii, (name, _) in enumerate(loaded):
+                key = cache.key(codec_id, shas[name], with_ms_ssim) if codec_id is not None else None
+                hit = cache.get(key) if key is not None else None
+                if hit is not None:
+                    cache.hits += 1
+                    records.append(ImageRecord(**{**hit, "codec": codec.name, "setting": setting, "image": name}))
+                else:
+                    records.append(None)
+                    jobs.append((len(records) - 1, ci, setting, ii, key))
+
+    def done(job: tuple[int, int, Any, int, str | None], record: ImageRecord) -> None:
+        records[job[0]] = record
+        if job[4] is not None:
+            cache.misses += 1
+            cache.put(job[4], record)
+
+    with tqdm(total=len(records), initial=len(records) - len(jobs), disable=not progress, unit="img",
+              dynamic_ncols=True) as bar:
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                _, ci, setting, ii, _ = job
+                bar.set_description(f"{codecs[ci].name} @ {setting}")
+                done(job, _code_one(codecs[ci], setting, *loaded[ii], with_ms_ssim))
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            import torch
+
+            threads = max(1, torch.get_num_threads() // workers)
+            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(list(codecs), loaded, threads)) as pool:
+                futures = {pool.submit(_worker_code, job[1], job[2], job[3], with_ms_ssim): job for job in jobs}
+                for fut in as_completed(futures):
+                    job = futures[fut]
+                    bar.set_description(f"{codecs[job[1]].name} @ {job[2]}")
+                    done(job, fut.result())
                     bar.update(1)
-    return records
+    return [r for r in records if r is not None]
 
 
 def aggregate(records: Sequence[ImageRecord], codecs: Sequence[Any] | None = None) -> list[RDCurve]:
@@ -513,6 +561,7 @@ def evaluate(
     crop: int | None = None,
     title: str | None = None,
     cache: RecordCache | None = None,
+    workers: int = 1,
 ) -> EvalResult:
     """Run every codec on every image, aggregate, and (with ``out_dir``) write everything.
 
@@ -520,9 +569,10 @@ def evaluate(
     :func:`lic.eval.plot.load_reference_curves` for Kodak; only meaningful when the
     images are the same full-size set).  ``anchor``: label of the BD-rate anchor
     (default "JPEG (published)" if among the curves, else "JPEG").  ``cache``: see
-    :class:`RecordCache`.
+    :class:`RecordCache`.  ``workers``: see :func:`run_codecs`.
     """
-    records = run_codecs(images, codecs, with_ms_ssim=with_ms_ssim, progress=progress, crop=crop, cache=cache)
+    records = run_codecs(images, codecs, with_ms_ssim=with_ms_ssim, progress=progress, crop=crop, cache=cache,
+                         workers=workers)
     curves = aggregate(records, codecs)
     result = EvalResult(records=records, curves=curves, references=list(references))
     if out_dir is not None:
@@ -565,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for MS-SSIM")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--workers", type=int, default=1, help="code in N processes side by side")
     ap.add_argument("--cache-dir", default=None,
                     help="reuse the classical codecs' results from earlier runs (RecordCache in DIR/records.sqlite)")
     args = ap.parse_args(argv)
@@ -602,6 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.quiet,
         crop=args.crop,
         title=f"{args.dataset} ({len(files)} images)",
+        workers=args.workers,
     )
     if cache is not None:
         print(cache.summary())

@@ -61,6 +61,7 @@ from lic.entropy.mixture import (
 from lic.entropy.quantize import QuantMode, quantize
 from lic.layers import MaskedConv2d, checkerboard_masks
 from lic.models.exact import ExactHead
+from lic.refine import RefineConfig, mode_lmbda, refine_latent
 
 CONTEXTS = ("checkerboard", "serial")
 
@@ -269,24 +270,29 @@ class Cheng2020GMM(CompressionModel):
         y = self.g_a(x)                                   # (B, M, H/16, W/16)
         if gains is not None:
             y = y * gains[0]
-        z = self.h_a(y)                                   # (B, N, H/64, W/64)
-        z_hat, z_lik = self._z_hat(z, qmode)
-        psi = self.h_s(z_hat)                             # (B, 2M, H/16, W/16)
-
+        psi, z_lik = self.hyper(y, qmode)                 # (B, 2M, H/16, W/16), (B, N, H/64, W/64)
         y_hat = quantize(y, qmode)
+        y_lik = self.latent_likelihood(y_hat, psi)
+        y_syn = quantize(y, QuantMode.STE) if (self.training and self.config.ste_synthesis) else y_hat
+        x_hat = self._synthesize(y_syn, gains)
+        return RDOutput(x_hat=x_hat, y_likelihoods=y_lik, z_likelihoods=z_lik)
+
+    def hyper(self, y: Tensor, z_mode: QuantMode) -> tuple[Tensor, Tensor]:
+        """The hyperprior of a (gain-scaled) y: (psi (B, 2M, H/16, W/16), z likelihoods (B, N, H/64, W/64))."""
+        z = self.h_a(y)                                   # (B, N, H/64, W/64)
+        z_hat, z_lik = self._z_hat(z, z_mode)
+        return self.h_s(z_hat), z_lik
+
+    def latent_likelihood(self, y_hat: Tensor, psi: Tensor) -> Tensor:
+        """Likelihood of each element of y_hat (B, M, H/16, W/16) under the context model and the
+        mixture whose hyper features are psi; the training-time (float32) path."""
         if self.config.context == "checkerboard":
-            anchor, non_anchor = checkerboard_masks(*y.shape[-2:], device=y.device)
+            anchor, non_anchor = checkerboard_masks(*y_hat.shape[-2:], device=y_hat.device)
             ctx = self.context_prediction(y_hat * anchor) * non_anchor   # anchors: no context
         else:
             ctx = self.context_prediction(y_hat)
         weights, means, scales = self._mixture(ctx, psi)
-        y_lik = mixture_likelihood(y_hat, weights, means, scales)
-
-        y_syn = quantize(y, QuantMode.STE) if (self.training and self.config.ste_synthesis) else y_hat
-        if gains is not None:
-            y_syn = y_syn * gains[1]
-        x_hat = self.g_s(y_syn)
-        return RDOutput(x_hat=x_hat, y_likelihoods=y_lik, z_likelihoods=z_lik)
+        return mixture_likelihood(y_hat, weights, means, scales)
 
     # ------------------------------------------------------------------ real coding
     def _flat_params(self, weights: Tensor, means: Tensor, scales: Tensor, sel: Tensor) -> CodingParams:
@@ -306,14 +312,21 @@ class Cheng2020GMM(CompressionModel):
         return self.h_s(z_hat) if head is None else head.psi(z_hat)
 
     @torch.no_grad()
-    def compress(self, x: Tensor, mode: float | None = None, exact: bool = True) -> Compressed:
-        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64.  ``exact``: see ``coding_head``."""
+    def compress(self, x: Tensor, mode: float | None = None, exact: bool = True,
+                 refine: RefineConfig | None = None, valid: tuple[int, int] | None = None) -> Compressed:
+        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64.  ``exact``: see ``coding_head``.
+
+        ``refine``: search for a cheaper y than g_a's before coding it (``lic.refine``; the decoder
+        is the same); ``valid``: the (h, w) of x that are image, not padding (its distortion).
+        """
         if x.shape[0] != 1:
             raise ValueError("compress codes one image at a time")
         gains = self._gains(mode, 1, x.device)
         y = self.g_a(x)
         if gains is not None:
             y = y * gains[0]
+        if refine is not None and refine.steps > 0:
+            y = refine_latent(self, x, y, gains, mode_lmbda(self.config.lmbdas, mode), refine, valid).y
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like _z_hat
         y_sym = quantize(y, QuantMode.ROUND)

@@ -1,0 +1,126 @@
+"""Encoder-side latent refinement: a better y for the same decoder (Yang, Bamler & Mandt,
+NeurIPS 2020, "Improving Inference for Neural Image Compression").
+
+g_a is amortized: one network maps every image to its latent, so for a given image its y is
+not the latent that minimises that image's own rate-distortion cost under the decoder (g_s,
+h_s, the context model and the mixture), which is fixed.  The decoder does not care how y was
+chosen, so the encoder may search.  Gradient descent (Adam) on the gain-scaled y, from g_a's
+y, on
+
+    J(y) = lmbda * 255^2 * MSE(g_s(y_tilde * inverse gain), x) + bits(y_tilde, z_hat) / pixels
+
+(the training loss of one image, ``lic.training.losses``), with y_tilde = annealed_round(y, tau)
+(``lic.entropy.quantize``, stochastic Gumbel annealing) and tau decaying as
+tau_max * exp(-4 t / steps), floored at tau_min; z = h_a(y) follows y and is rounded straight
+through.  Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the
+coder will code; the likelihood estimate behind ``bpp_est``) is measured, and the best y seen
+is returned, g_a's own included: refinement never returns a latent whose rounded cost estimate
+is above g_a's.
+
+The file format does not change: a refined file is decoded by the same decoder, bit-exact,
+and any decoder of its format version reads it.  Only encoding costs more: ``steps``
+forward/backward passes of the networks per tile.  Figures: docs/refine.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from lic.entropy.quantize import QuantMode, annealed_round, quantize
+
+if TYPE_CHECKING:  # the model imports this module
+    from lic.models.cheng2020 import Cheng2020GMM
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """How hard the encoder searches for each tile's latent (``steps`` 0: g_a's y as it is)."""
+
+    steps: int = 0
+    lr: float = 0.02           # Adam, on the gain-scaled y (integers are one unit apart)
+    tau_max: float = 0.5       # SGA temperature at step 0
+    tau_min: float = 0.1       # and its floor
+    check_every: int = 10      # measure the rounded cost every this many steps (and after the last)
+    seed: int = 0              # the Gumbel draws: the same input gives the same file
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ValueError(f"refinement steps must be an integer >= 0, got {self.steps!r}")
+        if not (self.lr > 0 and 0 < self.tau_min <= self.tau_max and self.check_every >= 1):
+            raise ValueError("refinement needs lr > 0, 0 < tau_min <= tau_max and check_every >= 1")
+
+    def tau(self, step: int) -> float:
+        return max(self.tau_min, self.tau_max * math.exp(-4.0 * step / max(1, self.steps)))
+
+
+@dataclass
+class RefineResult:
+    y: Tensor              # (1, M, h, w): the gain-scaled latent the coder rounds and codes
+    cost_start: float      # rounded cost estimate J of g_a's y (lmbda * 255^2 * MSE + bits / pixel)
+    cost: float            # ... of the returned y (<= cost_start)
+    best_step: int         # the step that gave it (0: g_a's y)
+    bpp_est: float         # bits / pixel of the returned y, estimated from the likelihoods
+    psnr_est: float        # dB, of g_s(round(y)) before clamping and 8-bit rounding
+
+
+def mode_lmbda(lmbdas: tuple[float, ...], mode: float | None) -> float:
+    """The lambda of a 0-based (possibly fractional) mode: log-linear between the modes' lambdas,
+    as the gains are.  A single-rate model (mode None) needs its one lambda in ``lmbdas``."""
+    if not lmbdas:
+        raise ValueError("this model records no lambda, so its rate-distortion cost is unknown: "
+                         "it cannot be refined")
+    if mode is None or len(lmbdas) == 1:
+        return float(lmbdas[0])
+    q = min(max(float(mode), 0.0), len(lmbdas) - 1.0)
+    i = min(int(math.floor(q)), len(lmbdas) - 2)
+    f = q - i
+    return math.exp((1 - f) * math.log(lmbdas[i]) + f * math.log(lmbdas[i + 1]))
+
+
+def _cost(net: "Cheng2020GMM", x: Tensor, y_tilde: Tensor, z_mode: QuantMode, gains, lmbda: float,
+          valid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(J, bits per pixel, MSE) of coding y_tilde (the distortion over the valid h x w pixels only)."""
+    h, w = valid
+    psi, z_lik = net.hyper(y_tilde, z_mode)
+    y_lik = net.latent_likelihood(y_tilde, psi)
+    bpp = (-torch.log2(y_lik).sum() - torch.log2(z_lik).sum()) / (h * w)
+    x_hat = net._synthesize(y_tilde, gains)                       # (1, 3, H, W)
+    mse = (x_hat[..., :h, :w] - x[..., :h, :w]).pow(2).mean()
+    return lmbda * 255**2 * mse + bpp, bpp, mse
+
+
+def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float, cfg: RefineConfig,
+                  valid: tuple[int, int] | None = None) -> RefineResult:
+    """Search from g_a's gain-scaled ``y`` (1, M, H/16, W/16) for a latent that codes the padded
+    tile ``x`` (1, 3, H, W), of which the top-left ``valid`` (h, w) pixels are the image, at a lower
+    cost.  ``gains``: the model's (gain, inverse gain) for the mode, or None.  The networks'
+    parameters are not changed (gradients are taken with respect to y only)."""
+    valid = valid or tuple(x.shape[-2:])
+    generator = torch.Generator(device=y.device).manual_seed(cfg.seed)
+
+    def rounded_cost(v: Tensor) -> tuple[float, float, float]:
+        with torch.no_grad():
+            j, bpp, mse = _cost(net, x, quantize(v, QuantMode.ROUND), QuantMode.ROUND, gains, lmbda, valid)
+        return float(j), float(bpp), float(mse)
+
+    best = rounded_cost(y)
+    start, best_y, best_step = best[0], y.detach().clone(), 0
+    var = y.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([var], lr=cfg.lr)
+    with torch.enable_grad():
+        for step in range(1, cfg.steps + 1):
+            y_tilde = annealed_round(var, cfg.tau(step - 1), generator)
+            j, _, _ = _cost(net, x, y_tilde, QuantMode.STE, gains, lmbda, valid)
+            (grad,) = torch.autograd.grad(j, var)
+            var.grad = grad
+            opt.step()
+            if step % cfg.check_every == 0 or step == cfg.steps:
+                now = rounded_cost(var.detach())
+                if now[0] < best[0]:
+                    best, best_y, best_step = now, var.detach().clone(), step
+    return RefineResult(y=best_y, cost_start=start, cost=best[0], best_step=best_step, bpp_est=best[1],
+                        psnr_est=-10 * math.log10(max(best[2], 1e-12)))
