@@ -15,11 +15,12 @@ SHARED = REPO.parent / "shared"
 KODAK = SHARED / "data" / "kodak"
 
 
-def tiny_net(context: str = "checkerboard", num_modes: int = 1, N: int = 8, seed: int = 0, M: int | None = None):
+def tiny_net(context: str = "checkerboard", num_modes: int = 1, N: int = 8, seed: int = 0, M: int | None = None,
+             lmbdas: tuple[float, ...] = ()):
     from lic.models import Cheng2020GMM, ModelConfig
 
     torch.manual_seed(seed)
-    net = Cheng2020GMM(ModelConfig(N=N, context=context, num_modes=num_modes, M=M)).eval()
+    net = Cheng2020GMM(ModelConfig(N=N, context=context, num_modes=num_modes, M=M, lmbdas=lmbdas)).eval()
     net.update(force=True)
     return net
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -164,6 +165,26 @@ def test_a_second_run_reuses_the_classical_results(eval_run):
     assert [r for r in second if r["codec"] == "JPEG"] == [r for r in first if r["codec"] == "JPEG"]
     lic_times = [(r["encode_seconds"], r["decode_seconds"]) for r in first if r["codec"] != "JPEG"]
     assert lic_times and lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
+
+
+def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
+    """model.refine, workers and curves: a refining encoder coded in two processes, labelled as
+    refined, with the first run's lic curve drawn and tabulated beside it."""
+    tmp = eval_run["out"].parent
+    ckpt = tmp / "tiny_lmbdas.safetensors"
+    net = loud_net(num_modes=3)
+    net.config = dataclasses.replace(net.config, lmbdas=(0.001, 0.004, 0.016))
+    export(net, ckpt)
+    earlier = _lic_json(eval_run["out"])
+    run_evaluate(tmp, [ckpt], eval_run["folder"], f"hydra.run.dir='{tmp / 'run3'}'", "wandb.enabled=false",
+                 "model.refine=2", "workers=2", f"curves=['{earlier}']")
+    data = json.loads(_lic_json(tmp / "run3").read_text())
+    assert data["name"].endswith(", refined (2 steps)") and data["settings"] == [1.0, 2.0, 3.0]
+    table = (tmp / "run3" / "bd_rate.md").read_text()
+    assert json.loads(earlier.read_text())["name"] in table and data["name"] in table
+    with open(tmp / "run3" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 + 2 * 19            # every (codec, setting, image) once, from the workers
 
 
 def test_plots_bd_table_config_and_wandb(eval_run):

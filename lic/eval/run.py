@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from lic.eval.baselines import available_baselines
 from lic.eval.lic_codec import LicCodec
 from lic.refine import RefineConfig
-from lic.eval.plot import DEFAULT_REFERENCES, load_reference_curves, side_by_side_standard
+from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves, side_by_side_standard
 from lic.eval.runner import EvalResult, RecordCache, evaluate, resolve_dataset
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def run(cfg: DictConfig) -> EvalResult:
     full_kodak = (kodak.is_dir() and Path(cfg.dataset.path).resolve() == kodak.resolve()
                   and not cfg.limit and not cfg.crop)
     cache = RecordCache(Path(cfg.cache_dir) / "records.sqlite") if cfg.get("cache_dir") else None
-    result = evaluate(files, codecs, out, references=_references(cfg, full_kodak), anchor=cfg.anchor,
+    earlier = [load_curve(p, published=False) for p in (cfg.get("curves") or [])]
+    result = evaluate(files, codecs, out, references=earlier + _references(cfg, full_kodak), anchor=cfg.anchor,
                       with_ms_ssim=cfg.ms_ssim, crop=cfg.crop,
                       title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache,
                       workers=int(cfg.get("workers") or 1))
