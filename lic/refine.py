@@ -12,7 +12,7 @@ y, on
 (the training loss of one image, ``lic.training.losses``), with y_tilde = annealed_round(y, tau)
 (``lic.entropy.quantize``, stochastic Gumbel annealing) and tau decaying as
 tau_max * exp(-4 t / steps), floored at tau_min; z = h_a(y) follows y and is rounded straight
-through.  Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the
+through.  (``proxy`` picks another stand-in for rounding, for comparison: docs/refine.md.)  Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the
 coder will code; the likelihood estimate behind ``bpp_est``) is measured, and the best y seen
 is returned, g_a's own included: refinement never returns a latent whose rounded cost estimate
 is above g_a's.
@@ -36,6 +36,13 @@ if TYPE_CHECKING:  # the model imports this module
     from lic.models.cheng2020 import Cheng2020GMM
 
 
+PROXIES = {
+    "sga": "annealed_round (SGA) for rate and distortion (the default)",
+    "ste": "round with a straight-through gradient for rate and distortion",
+    "mixed": "uniform noise for the rate, round straight through for g_s (training's 'mixed' quantization)",
+}
+
+
 @dataclass(frozen=True)
 class RefineConfig:
     """How hard the encoder searches for each tile's latent (``steps`` 0: g_a's y as it is)."""
@@ -45,11 +52,14 @@ class RefineConfig:
     tau_max: float = 0.5       # SGA temperature at step 0
     tau_min: float = 0.1       # and its floor
     check_every: int = 10      # measure the rounded cost every this many steps (and after the last)
-    seed: int = 0              # the Gumbel draws: the same input gives the same file
+    seed: int = 0              # the random draws: the same input gives the same file
+    proxy: str = "sga"         # what stands in for rounding while searching (PROXIES)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"refinement steps must be an integer >= 0, got {self.steps!r}")
+        if self.proxy not in PROXIES:
+            raise ValueError(f"refinement proxy must be one of {sorted(PROXIES)}, got {self.proxy!r}")
         if not (self.lr > 0 and 0 < self.tau_min <= self.tau_max and self.check_every >= 1):
             raise ValueError("refinement needs lr > 0, 0 < tau_min <= tau_max and check_every >= 1")
 
@@ -81,14 +91,15 @@ def mode_lmbda(lmbdas: tuple[float, ...], mode: float | None) -> float:
     return math.exp((1 - f) * math.log(lmbdas[i]) + f * math.log(lmbdas[i + 1]))
 
 
-def _cost(net: "Cheng2020GMM", x: Tensor, y_tilde: Tensor, z_mode: QuantMode, gains, lmbda: float,
+def _cost(net: "Cheng2020GMM", x: Tensor, y_rate: Tensor, y_syn: Tensor, z_mode: QuantMode, gains, lmbda: float,
           valid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-    """(J, bits per pixel, MSE) of coding y_tilde (the distortion over the valid h x w pixels only)."""
+    """(J, bits per pixel, MSE): the rate of y_rate, the distortion of g_s(y_syn) over the valid
+    h x w pixels only; z = h_a(y_rate) quantized by ``z_mode``."""
     h, w = valid
-    psi, z_lik = net.hyper(y_tilde, z_mode)
-    y_lik = net.latent_likelihood(y_tilde, psi)
+    psi, z_lik = net.hyper(y_rate, z_mode)
+    y_lik = net.latent_likelihood(y_rate, psi)
     bpp = (-torch.log2(y_lik).sum() - torch.log2(z_lik).sum()) / (h * w)
-    x_hat = net._synthesize(y_tilde, gains)                       # (1, 3, H, W)
+    x_hat = net._synthesize(y_syn, gains)                          # (1, 3, H, W)
     mse = (x_hat[..., :h, :w] - x[..., :h, :w]).pow(2).mean()
     return lmbda * 255**2 * mse + bpp, bpp, mse
 
@@ -104,17 +115,27 @@ def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float
 
     def rounded_cost(v: Tensor) -> tuple[float, float, float]:
         with torch.no_grad():
-            j, bpp, mse = _cost(net, x, quantize(v, QuantMode.ROUND), QuantMode.ROUND, gains, lmbda, valid)
+            y_hat = quantize(v, QuantMode.ROUND)
+            j, bpp, mse = _cost(net, x, y_hat, y_hat, QuantMode.ROUND, gains, lmbda, valid)
         return float(j), float(bpp), float(mse)
 
     best = rounded_cost(y)
     start, best_y, best_step = best[0], y.detach().clone(), 0
     var = y.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([var], lr=cfg.lr)
-    with torch.enable_grad():
+    with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)     # "mixed" draws its noise (lic.entropy.quantize) from torch's generator
         for step in range(1, cfg.steps + 1):
-            y_tilde = annealed_round(var, cfg.tau(step - 1), generator)
-            j, _, _ = _cost(net, x, y_tilde, QuantMode.STE, gains, lmbda, valid)
+            if cfg.proxy == "sga":
+                y_rate = y_syn = annealed_round(var, cfg.tau(step - 1), generator)
+                z_mode = QuantMode.STE
+            elif cfg.proxy == "ste":
+                y_rate = y_syn = quantize(var, QuantMode.STE)
+                z_mode = QuantMode.STE
+            else:   # mixed
+                y_rate, y_syn = quantize(var, QuantMode.NOISE), quantize(var, QuantMode.STE)
+                z_mode = QuantMode.NOISE
+            j, _, _ = _cost(net, x, y_rate, y_syn, z_mode, gains, lmbda, valid)
             (grad,) = torch.autograd.grad(j, var)
             var.grad = grad
             opt.step()

@@ -112,3 +112,22 @@ def test_lic_codec_refines_labels_and_travels_to_worker_processes():
     assert again.models[4.0].fingerprint == refined.models[4.0].fingerprint
     with pytest.raises(TypeError, match="workers=1"):
         pickle.dumps(LicCodec("x", dict(refined.models)))
+
+
+@pytest.mark.parametrize("proxy", ["ste", "mixed"])
+def test_other_proxies_are_reproducible_and_never_worse(proxy):
+    net = tiny_net(num_modes=3, lmbdas=(0.001, 0.01, 0.1), seed=4)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255)
+    gains = net._gains(2, 1, x.device)
+    with torch.no_grad():
+        y = net.g_a(x) * gains[0]
+    cfg = RefineConfig(steps=5, check_every=1, proxy=proxy)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    a = refine_latent(net, x, y, gains, 0.1, cfg)
+    torch.manual_seed(123)
+    b = refine_latent(net, x, y, gains, 0.1, cfg)
+    assert torch.equal(a.y, b.y) and a.cost <= a.cost_start
+    assert torch.equal(torch.rand(3), before)     # the caller's random stream is left where it was
+    with pytest.raises(ValueError, match="proxy"):
+        RefineConfig(proxy="gumbel")
