@@ -10,9 +10,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lic.eval.baselines import available_baselines
 from lic.eval.lic_codec import LicCodec
-from lic.refine import RefineConfig
 from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves, side_by_side_standard
 from lic.eval.runner import EvalResult, RecordCache, evaluate, resolve_dataset
+from lic.refine import RefineConfig
 
 log = logging.getLogger(__name__)
 
