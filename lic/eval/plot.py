@@ -11,6 +11,8 @@ as PNG and SVG side by side: ``plot_rd(curves, "out/rd_psnr")`` writes
 
 from __future__ import annotations
 
+import textwrap
+
 import json
 import math
 from dataclasses import dataclass
@@ -318,7 +320,7 @@ def side_by_side(
     if stem.suffix.lower() in (".png", ".svg", ".pdf"):
         stem = stem.with_suffix("")
     n = len(rows)
-    fig = _new_figure((3 * panel_inches, n * (panel_inches + 0.35)), dpi)
+    fig = _new_figure((3 * panel_inches, n * (panel_inches + 0.5)), dpi)
     axes = fig.subplots(n, 3, squeeze=False)
     for r, row in enumerate(rows):
         jq = f", q={row.jpeg_setting}" if row.jpeg_setting is not None else ""
@@ -330,7 +332,7 @@ def side_by_side(
         for c, (img, title) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(np.asarray(img), interpolation="nearest")
-            ax.set_title(title, fontsize=9)
+            ax.set_title(textwrap.fill(title, 52), fontsize=9)   # long curve labels: two lines, not overlap
             ax.set_axis_off()
     return _save(fig, stem, formats, dpi)
 
