@@ -267,7 +267,7 @@ def test_side_by_side_with_tiny_codec(tmp_path):
     (png,) = side_by_side(rows, tmp_path / "sbs.png", panel_inches=2.0, dpi=50)
     with Image.open(png) as im:
         assert im.format == "PNG"
-        assert im.size == (3 * 2 * 50, round(2 * (2.0 + 0.35) * 50))
+        assert im.size == (3 * 2 * 50, round(2 * (2.0 + 0.5) * 50))
 
 
 # --------------------------------------------------------------------------- bit maps
