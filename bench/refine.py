@@ -12,7 +12,6 @@ each image (faster).  Figures: docs/refine.md.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -25,13 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lic import codec, io  # noqa: E402
+from lic.eval.metrics import psnr  # noqa: E402
 from lic.refine import PROXIES, RefineConfig  # noqa: E402
 from lic.weights import fingerprint, load_checkpoint, load_model  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-12))
 
 
 def main() -> None:
