@@ -12,10 +12,12 @@ y, on
 (the training loss of one image, ``lic.training.losses``), with y_tilde = annealed_round(y, tau)
 (``lic.entropy.quantize``, stochastic Gumbel annealing) and tau decaying as
 tau_max * exp(-4 t / steps), floored at tau_min; z = h_a(y) follows y and is rounded straight
-through.  (``proxy`` picks another stand-in for rounding, for comparison: docs/refine.md.)  Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the
-coder will code; the likelihood estimate behind ``bpp_est``) is measured, and the best y seen
-is returned, g_a's own included: refinement never returns a latent whose rounded cost estimate
-is above g_a's.
+through.  (``proxy`` picks another stand-in for rounding, for comparison: docs/refine.md.)
+Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the coder will
+code; the likelihood estimate behind ``bpp_est``) is measured, and the best y seen is returned,
+g_a's own included: refinement never returns a latent whose rounded cost estimate is above g_a's.
+The random draws are seeded, so on one machine and thread count the same input gives the same
+file; another machine's float kernels may steer the search elsewhere, and any result decodes.
 
 The file format does not change: a refined file is decoded by the same decoder, bit-exact,
 and any decoder of its format version reads it.  Only encoding costs more: ``steps``
@@ -52,7 +54,7 @@ class RefineConfig:
     tau_max: float = 0.5       # SGA temperature at step 0
     tau_min: float = 0.1       # and its floor
     check_every: int = 10      # measure the rounded cost every this many steps (and after the last)
-    seed: int = 0              # the random draws: the same input gives the same file
+    seed: int = 0              # the random draws (the same input, machine and threads: the same file)
     proxy: str = "sga"         # what stands in for rounding while searching (PROXIES)
 
     def __post_init__(self) -> None:
