@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -26,12 +25,13 @@ from lic.eval.runner import read_csv, read_pixels
 from lic.weights import export, fingerprint, load_checkpoint
 
 
-def loud_net(context: str = "checkerboard", num_modes: int = 1, seed: int = 0, gain: float = 10.0):
+def loud_net(context: str = "checkerboard", num_modes: int = 1, seed: int = 0, gain: float = 10.0,
+             lmbdas: tuple[float, ...] = ()):
     """A tiny untrained net whose latents carry information: g_a's last convolution scaled up.
 
     (An untrained tiny net maps every image to y ~ 0: every symbol 0, no bits, flat curves.)
     """
-    net = tiny_net(context, num_modes=num_modes, seed=seed)
+    net = tiny_net(context, num_modes=num_modes, seed=seed, lmbdas=lmbdas)
     with torch.no_grad():
         net.g_a[-2].weight.mul_(gain)
         net.g_a[-2].bias.mul_(gain)
@@ -172,9 +172,7 @@ def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     refined, with the first run's lic curve drawn and tabulated beside it."""
     tmp = eval_run["out"].parent
     ckpt = tmp / "tiny_lmbdas.safetensors"
-    net = loud_net(num_modes=3)
-    net.config = dataclasses.replace(net.config, lmbdas=(0.001, 0.004, 0.016))
-    export(net, ckpt)
+    export(loud_net(num_modes=3, lmbdas=(0.001, 0.004, 0.016)), ckpt)
     earlier = _lic_json(eval_run["out"])
     run_evaluate(tmp, [ckpt], eval_run["folder"], f"hydra.run.dir='{tmp / 'run3'}'", "wandb.enabled=false",
                  "model.refine=2", "workers=2", f"curves=['{earlier}']")

@@ -11,10 +11,9 @@ as PNG and SVG side by side: ``plot_rd(curves, "out/rd_psnr")`` writes
 
 from __future__ import annotations
 
-import textwrap
-
 import json
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
