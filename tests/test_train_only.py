@@ -69,3 +69,34 @@ def test_mode_weights_set_how_often_each_mode_trains():
 def test_bad_mode_weights_are_refused(weights):
     with pytest.raises(ValueError, match="mode_weights"):
         LitCodec(CFG, lmbda=None, mode_weights=weights)
+
+
+def test_encoder_fine_tuning_with_ste_rate_trains_on_what_is_coded_and_keeps_the_decoder():
+    """Soft then Hard's second stage: ste_rate rounds y and z in training too, so the training loss
+    is the rounded one the coder sees (no noise), and train_only=[g_a, h_a, log_gain] changes the
+    encoder alone: the decoder's parameters, hence the decoding of any given y_hat, are untouched."""
+    torch.manual_seed(0)
+    module = LitCodec({**CFG, "ste_rate": True}, lmbda=None, lr=1e-2, train_only=["g_a", "h_a", "log_gain"])
+    assert module.net.config.to_dict()["ste_rate"] is True
+    assert "ste_rate" not in LitCodec(CFG, lmbda=None).net.config.to_dict()   # older configs read the same
+    net, x = module.net, torch.rand(2, 3, 64, 64)
+    net.eval()
+    with torch.no_grad():
+        rounded = net(x, mode=1.0)
+    net.train()
+    trained = net(x, mode=1.0)
+    assert torch.equal(trained.y_likelihoods, rounded.y_likelihoods)   # no noise: the rounded rate
+    assert torch.equal(trained.x_hat, rounded.x_hat)
+    trained.bpp_est().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.g_a.parameters())   # straight through
+
+    opt = module.configure_optimizers()["optimizer"]
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    for _ in range(3):
+        opt.zero_grad()
+        module.training_step(x, 0).backward()
+        opt.step()
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    encoder = ("g_a.", "h_a.", "log_gain")
+    assert any(k.startswith("g_a.") for k in changed)
+    assert changed and all(k.startswith(encoder) for k in changed), changed

@@ -101,6 +101,10 @@ class ModelConfig:
     num_modes: int = 1               # > 1: variable-rate model with gain units
     lmbdas: tuple[float, ...] = ()   # the lambda of each mode (for gain init and training)
     ste_synthesis: bool = False      # g_s sees round(y) with a straight-through gradient while training
+    ste_rate: bool = False           # ... and so does the rate: y and z rounded straight through, no noise
+                                     # (the "hard" stage of Guo et al., ICML 2021, "Soft then Hard":
+                                     # fine-tune the encoder on what will be coded, the decoder frozen;
+                                     # measured worse than noise here: docs/training.md)
     M: int | None = None             # channels of y; None: M = N, as in the paper
     N_s: int | None = None           # channels of g_s's 1/16-resolution residual block; None: N (the paper)
 
@@ -117,6 +121,8 @@ class ModelConfig:
             d["M"] = self.M
         if self.N_s != self.N:
             d["N_s"] = self.N_s
+        if self.ste_rate:      # likewise: weights trained without it read the same
+            d["ste_rate"] = True
         return d
 
     @classmethod
@@ -264,8 +270,10 @@ class Cheng2020GMM(CompressionModel):
 
     # ------------------------------------------------------------------ training / estimate
     def forward(self, x: Tensor, mode: Tensor | float | None = None) -> RDOutput:
-        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64. Noise in train(), rounding in eval()."""
-        qmode = QuantMode.NOISE if self.training else QuantMode.ROUND
+        """x: (B, 3, H, W) in [0, 1], H and W multiples of 64. Noise in train() (rounding straight
+        through with ``ste_rate``), rounding in eval()."""
+        qmode = ((QuantMode.STE if self.config.ste_rate else QuantMode.NOISE) if self.training
+                 else QuantMode.ROUND)
         gains = self._gains(mode, x.shape[0], x.device)
         y = self.g_a(x)                                   # (B, M, H/16, W/16)
         if gains is not None:
