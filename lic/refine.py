@@ -12,7 +12,9 @@ y, on
 (the training loss of one image, ``lic.training.losses``), with y_tilde = annealed_round(y, tau)
 (``lic.entropy.quantize``, stochastic Gumbel annealing) and tau decaying as
 tau_max * exp(-4 t / steps), floored at tau_min; z = h_a(y) follows y and is rounded straight
-through.  (``proxy`` picks another stand-in for rounding, for comparison: docs/refine.md.)
+through.  At the top modes (lambda >= ``mixed_from``) training's "mixed" stand-in does better
+(noise for the rate, rounding straight through for g_s): the default proxy "auto" uses it there.
+(``proxy`` picks one stand-in for every mode instead, for comparison: docs/refine.md.)
 Every ``check_every`` steps, and after the last, the cost of ROUNDING y (what the coder will
 code; the likelihood estimate behind ``bpp_est``) is measured, and the best y seen is returned,
 g_a's own included: refinement never returns a latent whose rounded cost estimate is above g_a's.
@@ -39,9 +41,10 @@ if TYPE_CHECKING:  # the model imports this module
 
 
 PROXIES = {
-    "sga": "annealed_round (SGA) for rate and distortion (the default)",
+    "sga": "annealed_round (SGA) for rate and distortion",
     "ste": "round with a straight-through gradient for rate and distortion",
     "mixed": "uniform noise for the rate, round straight through for g_s (training's 'mixed' quantization)",
+    "auto": "sga below lambda mixed_from, mixed from it on (the default; docs/refine.md)",
 }
 
 
@@ -55,15 +58,23 @@ class RefineConfig:
     tau_min: float = 0.1       # and its floor
     check_every: int = 10      # measure the rounded cost every this many steps (and after the last)
     seed: int = 0              # the random draws (the same input, machine and threads: the same file)
-    proxy: str = "sga"         # what stands in for rounding while searching (PROXIES)
+    proxy: str = "auto"        # what stands in for rounding while searching (PROXIES)
+    mixed_from: float = 0.07   # "auto": "mixed" from this lambda on, "sga" below (the shipped model: modes
+                               # 7-8 mixed, 1-6 SGA; measured per mode in docs/refine.md)
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ValueError(f"refinement steps must be an integer >= 0, got {self.steps!r}")
         if self.proxy not in PROXIES:
             raise ValueError(f"refinement proxy must be one of {sorted(PROXIES)}, got {self.proxy!r}")
-        if not (self.lr > 0 and 0 < self.tau_min <= self.tau_max and self.check_every >= 1):
-            raise ValueError("refinement needs lr > 0, 0 < tau_min <= tau_max and check_every >= 1")
+        if not (self.lr > 0 and 0 < self.tau_min <= self.tau_max and self.check_every >= 1 and self.mixed_from > 0):
+            raise ValueError("refinement needs lr > 0, 0 < tau_min <= tau_max, check_every >= 1 and mixed_from > 0")
+
+    def proxy_for(self, lmbda: float) -> str:
+        """The stand-in used for a mode of this lambda ("auto" resolved)."""
+        if self.proxy != "auto":
+            return self.proxy
+        return "mixed" if lmbda >= self.mixed_from else "sga"
 
     def tau(self, step: int) -> float:
         return max(self.tau_min, self.tau_max * math.exp(-4.0 * step / max(1, self.steps)))
@@ -113,6 +124,7 @@ def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float
     cost.  ``gains``: the model's (gain, inverse gain) for the mode, or None.  The networks'
     parameters are not changed (gradients are taken with respect to y only)."""
     valid = valid or tuple(x.shape[-2:])
+    proxy = cfg.proxy_for(lmbda)
     generator = torch.Generator(device=y.device).manual_seed(cfg.seed)
 
     def rounded_cost(v: Tensor) -> tuple[float, float, float]:
@@ -128,10 +140,10 @@ def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float
     with torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)     # "mixed" draws its noise (lic.entropy.quantize) from torch's generator
         for step in range(1, cfg.steps + 1):
-            if cfg.proxy == "sga":
+            if proxy == "sga":
                 y_rate = y_syn = annealed_round(var, cfg.tau(step - 1), generator)
                 z_mode = QuantMode.STE
-            elif cfg.proxy == "ste":
+            elif proxy == "ste":
                 y_rate = y_syn = quantize(var, QuantMode.STE)
                 z_mode = QuantMode.STE
             else:   # mixed

@@ -40,7 +40,7 @@ def test_mode_lmbda_interpolates_like_the_gains():
 
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(steps=1.5), dict(lr=0), dict(tau_min=0.6),
-                                 dict(check_every=0)])
+                                 dict(check_every=0), dict(mixed_from=0)])
 def test_refine_config_refuses_nonsense(bad):
     with pytest.raises(ValueError):
         RefineConfig(**bad)
@@ -107,6 +107,7 @@ def test_lic_codec_refines_labels_and_travels_to_worker_processes():
     refined = LicCodec.shipped(modes=[4], refine=RefineConfig(steps=3))
     assert plain.refine is None and "refined" not in plain.name
     assert refined.name == plain.name + ", refined (3 steps)"
+    assert LicCodec.shipped(modes=[4], refine=RefineConfig(steps=3, proxy="sga")).name == plain.name + ", refined (3 steps, sga)"
     again = pickle.loads(pickle.dumps(refined))          # rebuilt from its recipe, weights loaded anew
     assert (again.name, again.settings, again.refine) == (refined.name, refined.settings, refined.refine)
     assert again.models[4.0].fingerprint == refined.models[4.0].fingerprint
@@ -131,3 +132,33 @@ def test_other_proxies_are_reproducible_and_never_worse(proxy):
     assert torch.equal(torch.rand(3), before)     # the caller's random stream is left where it was
     with pytest.raises(ValueError, match="proxy"):
         RefineConfig(proxy="gumbel")
+
+
+def test_auto_proxy_switches_to_mixed_from_its_lambda_and_searches_as_that_proxy():
+    cfg = RefineConfig(steps=4, check_every=1, proxy="auto", mixed_from=0.05)
+    assert [cfg.proxy_for(l) for l in (0.001, 0.0499, 0.05, 0.25)] == ["sga", "sga", "mixed", "mixed"]
+    assert RefineConfig(proxy="ste").proxy_for(0.25) == "ste"     # a named proxy is used at every lambda
+    net = tiny_net(num_modes=3, lmbdas=(0.001, 0.01, 0.1), seed=4)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255)
+    gains = net._gains(2, 1, x.device)
+    with torch.no_grad():
+        y = net.g_a(x) * gains[0]
+    for lmbda, same_as in ((0.1, "mixed"), (0.01, "sga")):
+        auto = refine_latent(net, x, y, gains, lmbda, cfg)
+        named = refine_latent(net, x, y, gains, lmbda, RefineConfig(steps=4, check_every=1, proxy=same_as))
+        assert torch.equal(auto.y, named.y) and auto.cost == named.cost
+
+
+def test_evaluate_config_picks_the_refining_stand_in():
+    from omegaconf import OmegaConf
+
+    from lic.eval.run import build_codec
+
+    def model(**kw):
+        return OmegaConf.create({"model": {"checkpoints": None, "name": None, "modes": [4], "label": None,
+                                           "refine": 3, **kw}})
+    assert build_codec(model(refine_proxy=None)).refine == RefineConfig(steps=3)   # the default: auto
+    chosen = build_codec(model(refine_proxy="sga"))
+    assert chosen.refine.proxy == "sga" and chosen.name.endswith("refined (3 steps, sga)")
+    with pytest.raises(ValueError, match="proxy"):
+        build_codec(model(refine_proxy="round"))

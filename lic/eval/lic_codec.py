@@ -96,8 +96,12 @@ def _active(refine: RefineConfig | None) -> RefineConfig | None:
 
 
 def refine_label(refine: RefineConfig | None) -> str:
-    """What a curve label adds for a refining encoder: ", refined (50 steps)", or nothing."""
-    return f", refined ({refine.steps} steps)" if _active(refine) else ""
+    """What a curve label adds for a refining encoder: ", refined (50 steps)" (", refined (50 steps,
+    sga)" for another stand-in than the default), or nothing."""
+    if not _active(refine):
+        return ""
+    other = refine.proxy != RefineConfig.__dataclass_fields__["proxy"].default
+    return f", refined ({refine.steps} steps" + (f", {refine.proxy}" if other else "") + ")"
 
 
 def widths_label(config) -> str:

@@ -31,7 +31,8 @@ def _references(cfg: DictConfig, full_kodak: bool):
 def build_codec(cfg: DictConfig) -> LicCodec:
     m = cfg.model
     modes = [float(q) for q in m.modes] if m.modes else None
-    refine = RefineConfig(steps=int(m.get("refine") or 0))
+    proxy = m.get("refine_proxy")
+    refine = RefineConfig(steps=int(m.get("refine") or 0), **({"proxy": str(proxy)} if proxy else {}))
     if m.checkpoints:
         return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label, refine=refine)
     return LicCodec.shipped(m.name, modes, m.label, refine=refine)

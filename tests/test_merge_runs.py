@@ -1,0 +1,58 @@
+"""bench/merge_runs.py: one evaluation from a whole run and a run of some of its modes."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = ["codec", "setting", "image", "width", "height", "bytes", "bpp", "psnr", "ms_ssim",
+          "encode_seconds", "decode_seconds"]
+
+
+def _run(folder: Path, rows: list[tuple[str, float, str, float, float]]) -> Path:
+    folder.mkdir()
+    with open(folder / "per_image.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for codec, setting, image, bpp, db in rows:
+            w.writerow([codec, setting, image, 64, 64, int(bpp * 64 * 64 / 8), bpp, db, 0.9, 1.0, 0.1])
+    return folder
+
+
+def _merge(argv: list[str]) -> None:
+    spec = importlib.util.spec_from_file_location("merge_runs", REPO / "bench" / "merge_runs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    old = sys.argv
+    sys.argv = ["merge_runs.py", *argv]
+    try:
+        module.main()
+    finally:
+        sys.argv = old
+
+
+def test_the_named_modes_come_from_the_second_run_and_the_rest_from_the_first(tmp_path):
+    images = ["a", "b"]
+    whole = _run(tmp_path / "whole", [("lic x", m, i, 0.1 * m, 25.0 + m) for m in (1, 2, 3) for i in images]
+                 + [("JPEG", q, i, 0.1 * q, 24.0 + q) for q in (1, 2, 3, 4) for i in images])
+    part = _run(tmp_path / "part", [("lic y", 3.0, i, 0.32, 29.0) for i in images])
+    _merge([str(whole), str(part), "--out", str(tmp_path / "merged")])
+    with open(tmp_path / "merged" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lic = {(float(r["setting"]), r["image"]): float(r["psnr"]) for r in rows if r["codec"] == "lic y"}
+    assert lic == {(1.0, "a"): 26.0, (1.0, "b"): 26.0, (2.0, "a"): 27.0, (2.0, "b"): 27.0,
+                   (3.0, "a"): 29.0, (3.0, "b"): 29.0}
+    assert not any(r["codec"] == "lic x" for r in rows)
+    assert sum(r["codec"] == "JPEG" for r in rows) == 8
+    assert (tmp_path / "merged" / "rd_psnr.png").is_file()
+
+
+def test_runs_of_other_images_are_refused(tmp_path):
+    whole = _run(tmp_path / "whole", [("lic x", 1.0, "a", 0.1, 26.0)])
+    part = _run(tmp_path / "part", [("lic x", 1.0, "b", 0.1, 26.0)])
+    with pytest.raises(SystemExit, match="same images"):
+        _merge([str(whole), str(part), "--out", str(tmp_path / "merged")])
