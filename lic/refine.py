@@ -112,7 +112,7 @@ def _cost(net: "Cheng2020GMM", x: Tensor, y_rate: Tensor, y_syn: Tensor, z_mode:
     psi, z_lik = net.hyper(y_rate, z_mode)
     y_lik = net.latent_likelihood(y_rate, psi)
     bpp = (-torch.log2(y_lik).sum() - torch.log2(z_lik).sum()) / (h * w)
-    x_hat = net._synthesize(y_syn, gains)                          # (1, 3, H, W)
+    x_hat = net.synthesize(y_syn, gains)                          # (1, 3, H, W)
     mse = (x_hat[..., :h, :w] - x[..., :h, :w]).pow(2).mean()
     return lmbda * 255**2 * mse + bpp, bpp, mse
 

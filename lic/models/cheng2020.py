@@ -282,7 +282,7 @@ class Cheng2020GMM(CompressionModel):
         y_hat = quantize(y, qmode)
         y_lik = self.latent_likelihood(y_hat, psi)
         y_syn = quantize(y, QuantMode.STE) if (self.training and self.config.ste_synthesis) else y_hat
-        x_hat = self._synthesize(y_syn, gains)
+        x_hat = self.synthesize(y_syn, gains)
         return RDOutput(x_hat=x_hat, y_likelihoods=y_lik, z_likelihoods=z_lik)
 
     def hyper(self, y: Tensor, z_mode: QuantMode) -> tuple[Tensor, Tensor]:
@@ -365,9 +365,11 @@ class Cheng2020GMM(CompressionModel):
             y = y * gains[0]
         y_hat = quantize(y, QuantMode.ROUND)
         with decoder_threads():
-            return self._synthesize(y_hat, gains)
+            return self.synthesize(y_hat, gains)
 
-    def _synthesize(self, y_hat: Tensor, gains) -> Tensor:
+    def synthesize(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
+        """x_hat (B, 3, H, W) from a gain-scaled y_hat (B, M, H/16, W/16): the inverse gain of
+        ``gains`` (the mode's (gain, inverse gain), or None for a single-rate model), then g_s."""
         if gains is not None:
             y_hat = y_hat * gains[1]
         return self.g_s(y_hat)
@@ -381,7 +383,7 @@ class Cheng2020GMM(CompressionModel):
             y_hat = self._code_checkerboard(psi, None, streams[1:], head=head)
         else:
             y_hat = self._code_serial(psi, None, streams[1:], head=head)
-        return self._synthesize(y_hat, self._gains(mode, 1, psi.device))
+        return self.synthesize(y_hat, self._gains(mode, 1, psi.device))
 
     def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray],
                             head: ExactHead | None = None) -> Tensor:
