@@ -14,8 +14,6 @@ same images.  The published Kodak curves are added when both runs covered all 24
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import sys
 from pathlib import Path
 
@@ -23,19 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves  # noqa: E402
-from lic.eval.runner import ImageRecord, aggregate, write_outputs  # noqa: E402
-
-
-def read_records(run: Path) -> list[ImageRecord]:
-    def number(v: str) -> float:
-        return float(v) if v not in ("", "nan") else math.nan
-
-    with open(run / "per_image.csv", newline="") as f:
-        return [ImageRecord(codec=r["codec"], setting=float(r["setting"]), image=r["image"], width=int(r["width"]),
-                            height=int(r["height"]), bytes=int(r["bytes"]), bpp=float(r["bpp"]), psnr=number(r["psnr"]),
-                            ms_ssim=number(r["ms_ssim"]), encode_seconds=number(r["encode_seconds"]),
-                            decode_seconds=number(r["decode_seconds"]))
-                for r in csv.DictReader(f)]
+from lic.eval.runner import ImageRecord, aggregate, read_csv, write_outputs  # noqa: E402
 
 
 def lic_name(records: list[ImageRecord], run: Path) -> str:
@@ -45,16 +31,16 @@ def lic_name(records: list[ImageRecord], run: Path) -> str:
     return names.pop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("whole", type=Path, help="a run of every mode (and the classical codecs)")
     ap.add_argument("part", type=Path, help="a run of some modes, on the same images")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--label", default=None, help="the merged lic curve's label (default: the second run's)")
     ap.add_argument("--curves", nargs="*", default=[], help="earlier measured curves (.json) drawn beside")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    whole, part = read_records(args.whole), read_records(args.part)
+    whole, part = read_csv(args.whole / "per_image.csv"), read_csv(args.part / "per_image.csv")
     a, b = lic_name(whole, args.whole), lic_name(part, args.part)
     label = args.label or b
     images = {r.image for r in whole if r.codec == a}

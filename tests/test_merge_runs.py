@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,7 @@ def _merge(argv: list[str]) -> None:
     spec = importlib.util.spec_from_file_location("merge_runs", REPO / "bench" / "merge_runs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    old = sys.argv
-    sys.argv = ["merge_runs.py", *argv]
-    try:
-        module.main()
-    finally:
-        sys.argv = old
+    module.main(argv)
 
 
 def test_the_named_modes_come_from_the_second_run_and_the_rest_from_the_first(tmp_path):
