@@ -100,7 +100,7 @@ def refine_label(refine: RefineConfig | None) -> str:
     sga)" for another stand-in than the default), or nothing."""
     if not _active(refine):
         return ""
-    other = refine.proxy != RefineConfig.__dataclass_fields__["proxy"].default
+    other = refine.proxy != RefineConfig().proxy
     return f", refined ({refine.steps} steps" + (f", {refine.proxy}" if other else "") + ")"
 
 
