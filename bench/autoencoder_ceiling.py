@@ -2,9 +2,14 @@
 beside the real codec's PSNR at the model's top mode.
 
     python bench/autoencoder_ceiling.py [--checkpoint W] [--images 24] [--threads 2]
+    python bench/autoencoder_ceiling.py --dir ../shared/data/train --stride 24   # training photos instead
 
 If the unquantized autoencoder cannot reproduce an image better than X dB, no mode can: the
-upper modes then spend bits for little PSNR.  This is how the shipped N = M = 64 model's limit
+upper modes then spend bits for little PSNR.  ``--dir`` runs it on other images (every PNG under
+the folder, sorted, every ``--stride``-th): on the training photos it tells whether the model
+has merely memorised its training set (much higher there than on Kodak) or is as limited there.
+
+This is how the shipped N = M = 64 model's limit
 was found (docs/training.md); run it on any checkpoint to see whether its transforms or its
 entropy model limit the top of its curve.
 """
@@ -36,12 +41,17 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help=".safetensors or .ckpt (default: the shipped default)")
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dir", type=Path, default=REPO.parent / "shared" / "data" / "kodak",
+                    help="images to use: every PNG under this folder (default: Kodak)")
+    ap.add_argument("--stride", type=int, default=1, help="take every this-many-th image (after sorting)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     net = load_checkpoint(args.checkpoint) if args.checkpoint else load_model().net
     net = net.eval()
     top = float(max(1, net.config.num_modes))
-    files = sorted((REPO.parent / "shared" / "data" / "kodak").glob("*.png"))[: args.images]
+    files = sorted(args.dir.rglob("*.png"))[:: max(1, args.stride)][: args.images]
+    if not files:
+        ap.error(f"no PNG under {args.dir}")
     rows = []
     for p in files:
         px = io.read_image(p).pixels
@@ -56,7 +66,7 @@ def main() -> None:
         data = codec.encode_with_net(net, px, top if net.config.num_modes > 1 else None)
         real = codec.decode_with_net(net, data)
         rows.append((p.stem, psnr(ae, px), psnr(real, px), 8 * len(data) / (h * w)))
-        print(f"{p.stem}: unquantized {rows[-1][1]:.2f} dB, mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp",
+        print(f"{p.parent.name}/{p.stem}: unquantized {rows[-1][1]:.2f} dB, mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp",
               flush=True)
     print(f"model {net.config.to_dict()}")
     print(f"mean over {len(rows)} images: unquantized g_s(g_a(x)) {statistics.mean(r[1] for r in rows):.2f} dB; "

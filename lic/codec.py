@@ -37,11 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lic import container, io
+from lic import adapt, container, io
 from lic.container import FormatError, Header, Limits
 from lic.entropy.mixture import MixtureStreamError, StreamReader
 from lic.models.cheng2020 import Cheng2020GMM
-from lic.refine import RefineConfig
+from lic.refine import RefineConfig, mode_lmbda
 from lic.weights import LoadedModel, fingerprint, load_for_header, model_id_of, split_mode
 
 PAD = 64
@@ -201,7 +201,7 @@ def prepare_input(net: Cheng2020GMM, pixels: np.ndarray, mode: float) -> tuple[i
 
 def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp: int | None = None,
                     *, tile_size: int | None = None, version: int = container.VERSION,
-                    refine: RefineConfig | None = None) -> bytes:
+                    refine: RefineConfig | None = None, adapt_layer: bool = False) -> bytes:
     """Encode one image (H, W, 3) uint8 with ``net`` at 1-based ``mode``; returns the whole file.
 
     ``tile_size``: see :func:`choose_tile_size` (None: tile images larger than
@@ -209,6 +209,10 @@ def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp
     (:data:`lic.container.VERSIONS`); 1 only to test that old files still decode.
     ``refine``: search each tile for a cheaper latent than g_a's (:mod:`lic.refine`); the
     file decodes with the same decoder.
+    ``adapt_layer``: fit g_s's last layer to this image and send the update when it lowers the
+    rate-distortion cost at the mode's lambda (:mod:`lic.adapt`); such a file is version 3, one
+    without an update stays version ``version``.  Needs a model that records its lambdas (and a
+    version of at least 2); otherwise no update is sent.
     """
     if version not in container.VERSIONS:
         raise ValueError(f"unknown format version {version}")
@@ -216,15 +220,26 @@ def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp
     h, w = pixels.shape[:2]
     t = choose_tile_size(h, w, tile_size)
     streams: list[bytes] = []
+    fit = adapt.Fit(net) if adapt_layer and version >= 2 and net.config.lmbdas else None
     for top, left, th, tw in tile_grid(h, w, t):
         valid = (min(th, h - top), min(tw, w - left))
-        streams += net.compress(_tile_input(pixels, top, left, th, tw), q, exact=version >= 2,
-                                refine=refine, valid=valid).streams
+        x = _tile_input(pixels, top, left, th, tw)
+        c = net.compress(x, q, exact=version >= 2, refine=refine, valid=valid)
+        streams += c.streams
+        if fit is not None:
+            with torch.no_grad():   # the features the decoder will compute for this tile
+                fit.add_tile(net.g_s[:-1](net.synth_input(c.y_hat, net._gains(q, 1, x.device))), x, valid)
+    flags = 0
+    if fit is not None:
+        update = adapt.choose_update(fit, mode_lmbda(net.config.lmbdas, q))
+        if update is not None:
+            streams.append(adapt.encode_update(update))
+            flags, version = container.FLAG_SYNTHESIS_UPDATE, 3
     lh, lw = container.latent_size(h, w)
     header = Header(model_id=model_id_of(net.config), mode=m, mode_frac=frac,
                     fingerprint=fingerprint(net) if fp is None else fp, height=h, width=w, channels=3,
                     latent_channels=net.config.M, latent_height=lh, latent_width=lw, tile_size=t,
-                    version=version)
+                    version=version, flags=flags)
     return container.pack(header, streams)
 
 
@@ -250,8 +265,16 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
         raise CodecError(f"tiles of {tw0}x{th0} pixels exceed this decoder's limit of {MAX_TILE_PIXELS} "
                          "pixels per tile")
     spt = header.streams_per_tile   # the model id matched the net's above
-    if len(streams) != len(tiles) * spt:
-        raise CodecError(f"expected {len(tiles) * spt} streams ({len(tiles)} tiles of {spt}), found {len(streams)}")
+    extra = int(header.has_update)
+    if len(streams) != len(tiles) * spt + extra:
+        raise CodecError(f"expected {len(tiles) * spt + extra} streams ({len(tiles)} tiles of {spt}"
+                         + (", and the synthesis update" if extra else "") + f"), found {len(streams)}")
+    last = None
+    if header.has_update:
+        try:
+            last = adapt.updated_layer(net, adapt.decode_update(streams[-1], tuple(adapt.shipped_matrix(net).shape)))
+        except adapt.UpdateStreamError as e:
+            raise CodecError(str(e)) from None
 
     # Check every stream before any network runs: a corrupt file fails before it costs anything.
     tables = _hyper_tables(net)
@@ -266,7 +289,7 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
         try:
             # version 1: the float32 networks (lic.container.VERSIONS); 2: the exact ones
             x_hat = net.decompress(streams[i * spt:(i + 1) * spt], (th // PAD, tw // PAD), q,
-                                   exact=header.version >= 2)
+                                   exact=header.version >= 2, last=last)
         except (FormatError, MemoryError):
             raise
         except MixtureStreamError as e:
@@ -280,9 +303,11 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
 
 
 def encode_image(loaded: LoadedModel, pixels: np.ndarray, *, tile_size: int | None = None,
-                 refine: RefineConfig | None = None) -> bytes:
+                 refine: RefineConfig | None = None, adapt_layer: bool = False) -> bytes:
+    """``encode.py``'s encoder: :func:`encode_with_net` with a loaded model at its mode
+    (``adapt_layer``: ``encode.py --adapt``, :mod:`lic.adapt`)."""
     return encode_with_net(loaded.net, pixels, loaded.mode + loaded.mode_frac / 256, loaded.fingerprint,
-                           tile_size=tile_size, refine=refine)
+                           tile_size=tile_size, refine=refine, adapt_layer=adapt_layer)
 
 
 def decode_image(data: bytes, checkpoint: str | None = None, limits: Limits | None = None) -> np.ndarray:

@@ -7,12 +7,13 @@ Layout (all integers big-endian)::
 
     offset  size  field
     0       4     magic b"\\x89LIC"
-    4       1     version (2 is written; 1 and 2 are read, see VERSIONS)
+    4       1     version (2 or 3 is written; 1-3 are read, see VERSIONS)
     5       1     model_id          (see MODEL_IDS; append-only)
     6       1     mode              (compression mode, 1..255)
     7       1     mode_frac         (0..255: fraction/256 of the way from mode to mode+1,
                                      variable-rate models only; 0 for fixed-rate models)
-    8       1     flags             (reserved, must be 0)
+    8       1     flags             (0 before version 3; from 3, bit 0 = FLAG_SYNTHESIS_UPDATE:
+                                     the last stream updates g_s's last layer; other bits 0)
     9       4     fingerprint       (u32 fingerprint of the weights that produced the file)
     13      4     height            (original image height in pixels)
     17      4     width             (original image width in pixels)
@@ -45,6 +46,8 @@ __all__ = [
     "MAGIC",
     "VERSION",
     "VERSIONS",
+    "FLAG_SYNTHESIS_UPDATE",
+    "FLAGS_OF_VERSION",
     "MODEL_IDS",
     "VARIABLE_RATE_MODEL_IDS",
     "FormatError",
@@ -58,14 +61,21 @@ __all__ = [
 ]
 
 MAGIC = b"\x89LIC"
-VERSION = 2   # what this build writes
+VERSION = 2   # what this build writes for a file without flags; with the synthesis update, 3: each
+              # file is written with the lowest version that describes it (lic.codec.encode_with_net)
 
 # version -> what changed.  APPEND-ONLY.  The layout below is the same in every version; the
-# version says how the decoder must derive the latents' probability tables.
+# version says how the decoder must derive the latents' probability tables, and which flags exist.
 VERSIONS: dict[int, str] = {
     1: "tables from the float32 networks (decode on the kind of CPU that encoded)",
     2: "tables from the exactly evaluated networks (lic.models.exact): the same on every machine",
+    3: "as 2; flags bit 0: the last stream is a per-image update of g_s's last layer (lic.adapt)",
 }
+
+# flags bit 0: after every tile's streams comes one more, a quantized update of the synthesis
+# transform's last layer for this image (lic.adapt).  Flags a version does not know are invalid.
+FLAG_SYNTHESIS_UPDATE = 0x01
+FLAGS_OF_VERSION: dict[int, int] = {1: 0, 2: 0, 3: FLAG_SYNTHESIS_UPDATE}
 
 # model_id -> model name.  APPEND-ONLY: never renumber or reuse an id, files in
 # the wild refer to these numbers.
@@ -129,6 +139,12 @@ class Header:
     latent_width: int
     tile_size: int
     version: int = VERSION
+    flags: int = 0
+
+    @property
+    def has_update(self) -> bool:
+        """Whether the last stream is a synthesis update (:data:`FLAG_SYNTHESIS_UPDATE`)."""
+        return bool(self.flags & FLAG_SYNTHESIS_UPDATE)
 
     @property
     def model_name(self) -> str:
@@ -153,12 +169,14 @@ def _header_problem(h: Header) -> str | None:
     Limits are not checked here.
     """
     for name in ("model_id", "mode", "mode_frac", "fingerprint", "height", "width", "channels",
-                 "latent_channels", "latent_height", "latent_width", "tile_size", "version"):
+                 "latent_channels", "latent_height", "latent_width", "tile_size", "version", "flags"):
         value = getattr(h, name)
         if not isinstance(value, int) or isinstance(value, bool):
             return f"header field {name} must be an int, got {type(value).__name__}"
     if h.version not in VERSIONS:
         return f"unsupported version {h.version}"
+    if not 0 <= h.flags <= _U8 or h.flags & ~FLAGS_OF_VERSION[h.version]:
+        return f"flags 0x{h.flags:02x} are not valid in version {h.version}"
     if h.model_id not in MODEL_IDS:
         return f"unknown model_id {h.model_id}"
     if not 1 <= h.mode <= _U8:
@@ -210,7 +228,7 @@ def pack(header: Header, streams: Sequence[bytes]) -> bytes:
         if len(s) > _U32:
             raise ValueError(f"lic: cannot pack stream {i}: {len(s)} bytes exceeds 4 GiB")
     parts = [
-        _FIXED.pack(MAGIC, header.version, header.model_id, header.mode, header.mode_frac, 0,
+        _FIXED.pack(MAGIC, header.version, header.model_id, header.mode, header.mode_frac, header.flags,
                     header.fingerprint, header.height, header.width, header.channels,
                     header.latent_channels, header.latent_height, header.latent_width,
                     header.tile_size, len(streams)),
@@ -243,12 +261,10 @@ def _parse_fixed(data: bytes | bytearray | memoryview, limits: Limits) -> tuple[
         raise _corrupt(f"truncated: {len(data)} bytes, the header alone is {HEADER_SIZE}")
     (_magic, version, model_id, mode, mode_frac, flags, fingerprint, height, width, channels,
      latent_channels, latent_height, latent_width, tile_size, n_streams) = _FIXED.unpack_from(data, 0)
-    if flags != 0:
-        raise _corrupt(f"reserved flags are 0x{flags:02x}, expected 0")
     header = Header(model_id=model_id, mode=mode, mode_frac=mode_frac, fingerprint=fingerprint,
                     height=height, width=width, channels=channels, latent_channels=latent_channels,
                     latent_height=latent_height, latent_width=latent_width, tile_size=tile_size,
-                    version=version)
+                    version=version, flags=flags)
     problem = _header_problem(header)
     if problem is not None:
         raise _corrupt(problem)

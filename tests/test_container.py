@@ -82,6 +82,22 @@ def test_version_1_files_are_still_read_and_written_as_they_were():
     assert peek_header(GOLDEN_V1[:32]).version == 1 and HEADER.version == 2
 
 
+def test_version_3_carries_the_synthesis_update_flag():
+    """Bit 0 of flags (lic.adapt's update stream) exists from version 3 on: packed and read back
+    there, refused in versions 1 and 2 (whose readers required 0)."""
+    h3 = dataclasses.replace(HEADER, version=3, flags=container.FLAG_SYNTHESIS_UPDATE)
+    data = pack(h3, STREAMS)
+    assert data[4] == 3 and data[8] == 1 and data[9:-4] == GOLDEN[9:-4]   # the rest of the layout as before
+    header, streams = unpack(data)
+    assert header == h3 and header.has_update and streams == STREAMS and not HEADER.has_update
+    for version in (1, 2):
+        with pytest.raises(ValueError, match="flags"):
+            pack(dataclasses.replace(h3, version=version), STREAMS)
+        with pytest.raises(FormatError, match="flags"):
+            unpack(_raw(version=version, flags=1))
+    assert unpack(_raw(version=3, flags=1))[0].has_update
+
+
 def test_round_trip():
     header, streams = unpack(GOLDEN)
     assert header == HEADER
@@ -152,7 +168,9 @@ def test_rejects_short_or_foreign(data, match):
 
 
 @pytest.mark.parametrize("fields,match", [
-    (dict(version=3), "unsupported .lic version 3"),
+    (dict(version=4), "unsupported .lic version 4"),
+    (dict(version=3, flags=2), "flags"),      # version 3 knows bit 0 only
+    (dict(version=3, flags=0x81), "flags"),
     (dict(version=0), "unsupported .lic version 0"),
     (dict(flags=1), "flags"),
     (dict(flags=0x80), "flags"),

@@ -23,6 +23,7 @@ class LicCodec:
     description: str = ""
     settings: list[float] = field(default_factory=list)
     refine: RefineConfig | None = None     # the encoder's latent refinement (lic.refine); None: off
+    adapt: bool = False                    # send a per-image update of g_s's last layer (lic.adapt)
     recipe: tuple | None = None            # how a builder made it: worker processes rebuild from this
 
     def __post_init__(self) -> None:
@@ -34,12 +35,12 @@ class LicCodec:
         if self.recipe is None:
             raise TypeError("this LicCodec was not made by LicCodec.shipped / from_checkpoints, so it "
                             "cannot be sent to worker processes: use workers=1")
-        return _rebuild, (self.recipe, self.name, self.refine)
+        return _rebuild, (self.recipe, self.name, self.refine, self.adapt)
 
     def encode(self, pixels: np.ndarray, mode: float) -> bytes:
         lm = self.models[mode]
         return codec.encode_with_net(lm.net, pixels, mode if lm.net.config.num_modes > 1 else lm.mode, lm.fingerprint,
-                                     refine=self.refine)
+                                     refine=self.refine, adapt_layer=self.adapt)
 
     def decode(self, data: bytes) -> np.ndarray:
         header = container.peek_header(data)
@@ -49,7 +50,8 @@ class LicCodec:
     # ------------------------------------------------------------ builders
     @classmethod
     def from_checkpoints(cls, paths: Sequence[str | Path], modes: Sequence[float] | None = None,
-                         name: str | None = None, refine: RefineConfig | None = None) -> "LicCodec":
+                         name: str | None = None, refine: RefineConfig | None = None,
+                         adapt: bool = False) -> "LicCodec":
         """From training checkpoints (.ckpt) or exported .safetensors: one variable-rate file,
         or several single-rate files (mode i+1 for the i-th)."""
         models: dict[float, LoadedModel] = {}
@@ -63,14 +65,14 @@ class LicCodec:
             else:
                 models[float(modes[i] if modes else i + 1)] = lm
         label = name or (f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
-                         + refine_label(refine))
+                         + refine_label(refine) + adapt_label(adapt))
         return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}",
-                   refine=_active(refine),
+                   refine=_active(refine), adapt=adapt,
                    recipe=("checkpoints", tuple(map(str, paths)), tuple(modes) if modes else None))
 
     @classmethod
     def shipped(cls, model: str | None = None, modes: Sequence[float] | None = None,
-                name: str | None = None, refine: RefineConfig | None = None) -> "LicCodec":
+                name: str | None = None, refine: RefineConfig | None = None, adapt: bool = False) -> "LicCodec":
         """The shipped registry model(s)."""
         entries = [e for e in read_registry() if (model is None and e.get("default")) or e["name"] == model]
         if not entries:
@@ -79,16 +81,17 @@ class LicCodec:
         models = {float(m): load_model(mode=float(m), model=entries[0]["name"] if entries else model)
                   for m in (modes or all_modes)}
         first = models[min(models)]
-        label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine)
+        label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine) + adapt_label(adapt)
         return cls(label, models, description=f"lic shipped weights: {first.source}", refine=_active(refine),
+                   adapt=adapt,
                    recipe=("shipped", model, tuple(modes) if modes else None))
 
 
-def _rebuild(recipe: tuple, name: str, refine: RefineConfig | None) -> LicCodec:
+def _rebuild(recipe: tuple, name: str, refine: RefineConfig | None, adapt: bool) -> LicCodec:
     kind, source, modes = recipe
     if kind == "shipped":
-        return LicCodec.shipped(source, modes, name, refine=refine)
-    return LicCodec.from_checkpoints(list(source), modes, name, refine=refine)
+        return LicCodec.shipped(source, modes, name, refine=refine, adapt=adapt)
+    return LicCodec.from_checkpoints(list(source), modes, name, refine=refine, adapt=adapt)
 
 
 def _active(refine: RefineConfig | None) -> RefineConfig | None:
@@ -102,6 +105,11 @@ def refine_label(refine: RefineConfig | None) -> str:
         return ""
     other = refine.proxy != RefineConfig().proxy
     return f", refined ({refine.steps} steps" + (f", {refine.proxy}" if other else "") + ")"
+
+
+def adapt_label(adapt: bool) -> str:
+    """What a curve label adds for an encoder that sends per-image last-layer updates (lic.adapt)."""
+    return ", per-image last layer" if adapt else ""
 
 
 def widths_label(config) -> str:

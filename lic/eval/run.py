@@ -33,9 +33,10 @@ def build_codec(cfg: DictConfig) -> LicCodec:
     modes = [float(q) for q in m.modes] if m.modes else None
     proxy = m.get("refine_proxy")
     refine = RefineConfig(steps=int(m.get("refine") or 0), **({"proxy": str(proxy)} if proxy else {}))
+    adapt = bool(m.get("adapt", False))
     if m.checkpoints:
-        return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label, refine=refine)
-    return LicCodec.shipped(m.name, modes, m.label, refine=refine)
+        return LicCodec.from_checkpoints(list(m.checkpoints), modes, m.label, refine=refine, adapt=adapt)
+    return LicCodec.shipped(m.name, modes, m.label, refine=refine, adapt=adapt)
 
 
 def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:

@@ -159,6 +159,7 @@ class Compressed:
     streams: list[bytes]
     y_shape: tuple[int, int]   # latent (H/16, W/16) of the padded image
     z_shape: tuple[int, int]   # hyper-latent (H/64, W/64)
+    y_hat: Tensor | None = None   # (1, M, H/16, W/16): the gain-scaled integers the streams code
 
 
 class Cheng2020GMM(CompressionModel):
@@ -347,14 +348,15 @@ class Cheng2020GMM(CompressionModel):
                 streams += self._code_checkerboard(psi, y_sym, head=head)
             else:
                 streams += self._code_serial(psi, y_sym, head=head)
-        return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]))
+        return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]), y_hat=y_sym)
 
     @torch.no_grad()
     def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None,
-                   exact: bool = True) -> Tensor:
-        """Inverse of ``compress`` (with the same ``exact``): returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped."""
+                   exact: bool = True, last: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Inverse of ``compress`` (with the same ``exact``): returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped.
+        ``last``: see ``synthesize``."""
         with decoder_threads():
-            return self._decompress(streams, z_shape, mode, exact)
+            return self._decompress(streams, z_shape, mode, exact, last)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
@@ -367,15 +369,23 @@ class Cheng2020GMM(CompressionModel):
         with decoder_threads():
             return self.synthesize(y_hat, gains)
 
-    def synthesize(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
+    def synthesize(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None,
+                   last: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x_hat (B, 3, H, W) from a gain-scaled y_hat (B, M, H/16, W/16): the inverse gain of
-        ``gains`` (the mode's (gain, inverse gain), or None for a single-rate model), then g_s."""
-        if gains is not None:
-            y_hat = y_hat * gains[1]
-        return self.g_s(y_hat)
+        ``gains`` (the mode's (gain, inverse gain), or None for a single-rate model), then g_s.
+        ``last``: (weight, bias) to use in g_s's last convolution instead of its own (a file's
+        per-image update, ``lic.adapt``); the module itself is not changed."""
+        if last is None:
+            return self.g_s(self.synth_input(y_hat, gains))
+        feats = self.g_s[:-1](self.synth_input(y_hat, gains))       # (B, N, H/2, W/2)
+        return self.g_s[-1][1](F.conv2d(feats, last[0], last[1], padding=1))   # conv, pixel shuffle
+
+    def synth_input(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
+        """What enters g_s: y_hat times the mode's inverse gain (y_hat itself for a single-rate model)."""
+        return y_hat if gains is None else y_hat * gains[1]
 
     def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None,
-                    exact: bool) -> Tensor:
+                    exact: bool, last: tuple[Tensor, Tensor] | None = None) -> Tensor:
         z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
         head = self.coding_head(exact)
         psi = self.coding_psi(z_hat, head)
@@ -383,7 +393,7 @@ class Cheng2020GMM(CompressionModel):
             y_hat = self._code_checkerboard(psi, None, streams[1:], head=head)
         else:
             y_hat = self._code_serial(psi, None, streams[1:], head=head)
-        return self.synthesize(y_hat, self._gains(mode, 1, psi.device))
+        return self.synthesize(y_hat, self._gains(mode, 1, psi.device), last)
 
     def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray],
                             head: ExactHead | None = None) -> Tensor:

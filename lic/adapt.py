@@ -1,0 +1,249 @@
+"""A per-image update of the synthesis transform's last layer, fitted by the encoder and sent in the file.
+
+g_s ends in one linear layer (``subpel_conv3x3``: a 3x3 convolution from N feature maps at half
+resolution to 12 maps, then a pixel shuffle to RGB): x_hat = shuffle(W * f + b), with f =
+g_s[:-1](y_hat * inverse gain) the features the decoder computes anyway.  For one image and its
+coded latent, the W and b that minimise the squared error are a linear least-squares problem, as
+for the adaptive loop filter of VVC (a Wiener filter signalled per picture), here on the
+decoder's own features (instance-adaptive compression: van Rozendaal, Huijben & Cohen, ICLR
+2021, fine-tune the decoder per image and send the change).  The encoder
+
+1. accumulates the normal equations over the image's tiles (``Fit``: G = A A^T, B = A T^T over
+   the valid pixels, A the 9N + 1 inputs of the layer at each position, T the 12 targets);
+2. solves ridge least squares pulled towards the shipped layer (``ridge``);
+3. quantizes the update U = fitted - shipped on each step 2^-e of ``STEP_EXPONENTS`` (rounding in
+   :func:`lic.entropy.quantize.quantize`, the project's one quantizer) and codes the integers
+   with a range coder under a discretized Cauchy model whose scale is chosen per file;
+4. keeps the choice (no update included) with the lowest rate-distortion cost
+   lmbda * MSE_8bit + bits / pixels at the mode's lambda (the training loss), the distortion
+   computed exactly from G and B (a quadratic form), the bits the code's exact length.
+
+The decoder reads the update stream (:func:`decode_update`), adds q * 2^-e to the shipped float32
+weights, and uses them in place of the last layer for every tile (``Cheng2020GMM.synthesize``'s
+``last``).  The model is never modified.  The update only changes pixels, never the latents or
+their probability tables, so the file stays decodable on any machine (docs/robustness.md).
+
+Stream layout (all in the one stream that follows every tile's streams, the container's flag
+``FLAG_SYNTHESIS_UPDATE``; format version 3)::
+
+    u8   e        step exponent: the update is q * 2^-e, e in STEP_EXPONENTS_READ
+    u8   k        Cauchy scale code: scale^2 = SCALE_SQUARED[k] (2^-12 .. 2^20), k <= MAX_SCALE_CODE
+    ...           range-coded words (u32 little-endian), the (12, 9N + 1) integers q of
+                  [weight | bias] in row-major order, each in [-QMAX, QMAX]
+
+The Cauchy table is built from exact binary fractions and integers, divisions (correctly rounded by IEEE 754) and an exactly
+rounded sum (``math.fsum``), so it is the same on every machine before constriction quantizes it.
+Figures: docs/adapt.md.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import constriction
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lic.entropy.quantize import QuantMode, quantize
+
+if TYPE_CHECKING:
+    from lic.models.cheng2020 import Cheng2020GMM
+
+STEP_EXPONENTS = (6, 7, 8, 9, 10, 11)        # steps the encoder tries: 2^-6 (0.0156) .. 2^-11 (0.00049)
+STEP_EXPONENTS_READ = range(1, 25)           # what a decoder accepts
+# Cauchy scale code k -> the scale squared: powers of 2 below 1 (for updates that are mostly zeros),
+# then round(2^(j / 2)) written out; every one exact in float64
+SCALE_SQUARED = (2.0**-12, 2.0**-10, 2.0**-8, 2.0**-6, 2.0**-4, 2.0**-2, 0.5, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448,
+                 2048, 2896, 4096, 5793, 8192, 11585, 16384, 23170, 32768, 46341, 65536, 92682, 131072,
+                 185364, 262144, 370728, 524288, 741455, 1048576)
+MAX_SCALE_CODE = len(SCALE_SQUARED) - 1      # scales from 2^-6 up to 2^10 integer steps
+QMAX = 4095                                  # |q| at most this: the alphabet is [-QMAX, QMAX]
+RIDGE = 1e-4                                 # ridge weight per position, towards the shipped layer
+_HEADER = struct.Struct("<BB")
+
+
+class UpdateStreamError(ValueError):
+    """A synthesis-update stream that cannot have been written by an encoder for this model."""
+
+
+@dataclass(frozen=True)
+class Update:
+    """A decoded (or chosen) update: integers q (12, 9N + 1) and step 2^-e."""
+
+    q: np.ndarray          # int32 (out_channels, in_channels * 9 + 1): [weight | bias]
+    exponent: int
+
+    @property
+    def step(self) -> float:
+        return 2.0 ** -self.exponent
+
+
+def last_layer(net: "Cheng2020GMM") -> torch.nn.Conv2d:
+    """g_s's last convolution (before the pixel shuffle)."""
+    return net.g_s[-1][0]
+
+
+def shipped_matrix(net: "Cheng2020GMM") -> Tensor:
+    """The shipped last layer as one float32 matrix (out, in * 9 + 1): [weight | bias]."""
+    conv = last_layer(net)
+    return torch.cat([conv.weight.detach().float().reshape(conv.out_channels, -1),
+                      conv.bias.detach().float()[:, None]], 1)
+
+
+def updated_layer(net: "Cheng2020GMM", update: Update) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of the last layer with ``update`` applied, float32, as the decoder uses them.
+
+    q * 2^-e is exact in float32 (|q| <= QMAX), and the one addition to the shipped weight is
+    correctly rounded, so encoder and decoder get the same bits on any machine."""
+    conv = last_layer(net)
+    w0 = shipped_matrix(net)
+    q = torch.from_numpy(np.ascontiguousarray(update.q, dtype=np.float32))
+    if q.shape != w0.shape:
+        raise UpdateStreamError(f"update has shape {tuple(q.shape)}, the model's last layer {tuple(w0.shape)}")
+    w = w0 + q * update.step
+    return w[:, :-1].reshape_as(conv.weight).contiguous(), w[:, -1].contiguous()
+
+
+# ---------------------------------------------------------------------------- the code
+
+
+def _pmf(scale_code: int) -> np.ndarray:
+    """Discretized Cauchy over [-QMAX, QMAX], p(k) ~ 1 / (s^2 + k^2), the same bits on every machine:
+    the denominators are exact in float64, each division is correctly rounded, and so is the sum."""
+    k = np.arange(-QMAX, QMAX + 1, dtype=np.float64)
+    p = 1.0 / (float(SCALE_SQUARED[scale_code]) + k * k)
+    return p / math.fsum(p.tolist())
+
+
+def _model(scale_code: int):
+    """The one constriction model every integer of the update is coded with."""
+    return constriction.stream.model.Categorical(_pmf(scale_code), perfect=False)
+
+
+def _bits(q: np.ndarray, scale_code: int) -> float:
+    """Ideal code length of q under the scale's table (the choice; the real code is a few bytes more)."""
+    pmf = _pmf(scale_code)
+    return float(-np.log2(pmf[q.reshape(-1) + QMAX]).sum())
+
+
+def encode_update(update: Update) -> bytes:
+    """The update stream: exponent, scale code (the cheapest for these integers), coded words."""
+    q = np.ascontiguousarray(update.q, dtype=np.int32).reshape(-1)
+    if q.size and (q.min() < -QMAX or q.max() > QMAX):
+        raise ValueError(f"update integers must lie in [-{QMAX}, {QMAX}]")
+    if update.exponent not in STEP_EXPONENTS_READ:
+        raise ValueError(f"step exponent {update.exponent} out of range")
+    return _encode(q, update.exponent, min(range(MAX_SCALE_CODE + 1), key=lambda c: _bits(q, c)))
+
+
+def _encode(q: np.ndarray, exponent: int, scale_code: int) -> bytes:
+    enc = constriction.stream.queue.RangeEncoder()
+    enc.encode(q + QMAX, _model(scale_code))
+    return _HEADER.pack(exponent, scale_code) + enc.get_compressed().astype("<u4").tobytes()
+
+
+def decode_update(data: bytes, shape: tuple[int, int]) -> Update:
+    """Inverse of :func:`encode_update` for a layer of ``shape``; UpdateStreamError on bad input.
+
+    Only what an encoder writes is accepted: the decoded integers, coded again with the stream's
+    step and scale, must give the stream back byte for byte (so trailing or altered words that a
+    range decoder would silently skip are refused too)."""
+    if len(data) < _HEADER.size or (len(data) - _HEADER.size) % 4:
+        raise UpdateStreamError("synthesis update stream has a bad length")
+    e, k = _HEADER.unpack_from(data)
+    if e not in STEP_EXPONENTS_READ or k > MAX_SCALE_CODE:
+        raise UpdateStreamError("synthesis update stream declares an invalid step or scale")
+    n = shape[0] * shape[1]
+    words = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
+    try:
+        q = np.asarray(constriction.stream.queue.RangeDecoder(words).decode(_model(k), n), dtype=np.int32) - QMAX
+    except (AssertionError, ValueError) as err:
+        raise UpdateStreamError(f"corrupt synthesis update stream ({type(err).__name__})") from None
+    if _encode(q, e, k) != bytes(data):
+        raise UpdateStreamError("corrupt synthesis update stream (not what an encoder writes)")
+    return Update(q=q.reshape(shape), exponent=e)
+
+
+# ---------------------------------------------------------------------------- the fit
+
+
+class Fit:
+    """Normal equations of the last layer over an image's valid pixels, tile by tile."""
+
+    def __init__(self, net: "Cheng2020GMM"):
+        self.net = net
+        self.w0 = shipped_matrix(net).double()                  # (12, 9N + 1)
+        d = self.w0.shape[1]
+        self.G = torch.zeros(d, d, dtype=torch.float64)        # sum of a a^T
+        self.B = torch.zeros(d, self.w0.shape[0], dtype=torch.float64)   # sum of a t^T
+        self.tt = 0.0                                           # sum of t^2
+        self.positions = 0
+        self.pixels = 0
+
+    @torch.no_grad()
+    def add_tile(self, feats: Tensor, x: Tensor, valid: tuple[int, int], rows: int = 32) -> None:
+        """feats: (1, N, th/2, tw/2), the input of the last layer for a tile whose pixels are x
+        (1, 3, th, tw) in [0, 1]; only the ``valid`` (h, w) top-left part counts (positions whose
+        2 x 2 block lies inside it: with an odd side the last row or column is left out of the fit).
+
+        The convolution's zero padding at the tile's edges is the decoder's (each tile is decoded
+        on its own).  The sums are float32 products over ``rows`` feature rows at a time, added up
+        in float64: the fit need not be exact (the decoder never repeats it), only good."""
+        h2, w2 = feats.shape[-2:]
+        hh, ww = valid[0] // 2, valid[1] // 2
+        target = F.pixel_unshuffle(x.float(), 2) * 255.0        # (1, 12, th/2, tw/2), 8-bit levels
+        for r0 in range(0, hh, rows):
+            r1 = min(hh, r0 + rows)
+            slab = feats[:, :, max(0, r0 - 1):min(h2, r1 + 1)].float()
+            slab = F.pad(slab, (1, 1, int(r0 == 0), int(r1 == h2)))      # the conv's zero padding
+            cols = F.unfold(slab, 3)                                      # (1, 9N, (r1 - r0) * w2)
+            a = cols.reshape(cols.shape[1], r1 - r0, w2)[:, :, :ww].reshape(cols.shape[1], -1)   # (9N, P)
+            a = torch.cat([a, torch.ones(1, a.shape[1])])                  # (9N + 1, P): the bias
+            t = target[0, :, r0:r1, :ww].reshape(target.shape[1], -1)      # (12, P)
+            self.G += (a @ a.T).double()
+            self.B += (a @ t.T).double()
+            self.tt += float((t.double() ** 2).sum())
+            self.positions += a.shape[1]
+        self.pixels += valid[0] * valid[1]
+
+    def solve(self) -> Tensor:
+        """The ridge solution (12, 9N + 1), float64, in the units of the layer's output in [0, 1]."""
+        d = self.G.shape[0]
+        rho = RIDGE * max(1, self.positions)
+        G = self.G + rho * torch.eye(d, dtype=torch.float64)
+        return torch.linalg.solve(G, self.B / 255.0 + rho * self.w0.T).T
+
+    def sse(self, w: Tensor) -> float:
+        """Sum of squared errors (8-bit levels) of the image's valid pixels with layer w (12, 9N + 1),
+        before clamping and rounding: ||255 W A - T||^2 = 255^2 tr(W G W^T) - 2 * 255 tr(W B) + tt."""
+        w = w.double()
+        return float(255.0**2 * torch.sum((w @ self.G) * w) - 2 * 255.0 * torch.sum(w.T * self.B) + self.tt)
+
+
+def choose_update(fit: Fit, lmbda: float) -> Update | None:
+    """The update (or None) with the lowest lmbda * MSE + bits / pixels, over ``STEP_EXPONENTS``
+    (MSE of the fitted values in 8-bit levels, bits of the update's stream and length field)."""
+    if fit.positions == 0:
+        return None
+    w0 = fit.w0
+    values = w0.shape[0] * fit.positions
+    best_cost, best = lmbda * fit.sse(w0) / values, None
+    u = fit.solve() - w0                                        # (12, 9N + 1)
+    for e in STEP_EXPONENTS:
+        q = quantize(u * 2.0**e, QuantMode.ROUND).clamp(-QMAX, QMAX)
+        update = Update(q=q.numpy().astype(np.int32), exponent=e)
+        bits = 8 * (len(encode_update(update)) + 4)             # its stream and its length field
+        cost = lmbda * fit.sse(w0 + q * 2.0**-e) / values + bits / fit.pixels
+        if cost < best_cost:
+            best_cost, best = cost, update
+    return best
+
+
+def mse_gain_db(fit: Fit, update: Update) -> float:
+    """PSNR gain the fit predicts for ``update`` (before clamping and rounding), for reports."""
+    w = fit.w0 + torch.from_numpy(update.q.astype(np.float64)) * update.step
+    return 10 * math.log10(fit.sse(fit.w0) / max(fit.sse(w), 1e-9))

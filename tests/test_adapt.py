@@ -1,0 +1,212 @@
+"""lic.adapt: the per-image update of g_s's last layer (format version 3, flag bit 0)."""
+from __future__ import annotations
+
+import dataclasses
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import random_image, tiny_net
+from lic import adapt, codec, container, io
+from lic.entropy.quantize import QuantMode, quantize
+
+LMBDAS = (0.001, 0.01, 0.1)
+
+
+def _net(seed: int = 0):
+    return tiny_net(num_modes=3, lmbdas=LMBDAS, seed=seed)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+
+
+# ---------------------------------------------------------------------------- the stream
+
+
+@pytest.mark.parametrize("spread", [0, 1, 30, adapt.QMAX])
+def test_update_stream_round_trip(spread):
+    rng = np.random.default_rng(spread)
+    q = np.clip(np.round(rng.standard_cauchy((12, 73)) * spread), -adapt.QMAX, adapt.QMAX).astype(np.int32)
+    q[0, 0], q[-1, -1] = -spread, spread                   # the ends of the range too
+    data = adapt.encode_update(adapt.Update(q=q, exponent=9))
+    back = adapt.decode_update(data, q.shape)
+    assert back.exponent == 9 and back.step == 2.0**-9 and np.array_equal(back.q, q)
+    # the coder adapts its scale: small updates cost few bits
+    if spread == 0:
+        assert len(data) <= 2 + 4 * 4
+
+
+def test_update_table_is_a_symmetric_distribution_from_exact_operations():
+    for k in (0, 7, adapt.MAX_SCALE_CODE):
+        p = adapt._pmf(k)
+        assert p.shape == (2 * adapt.QMAX + 1,) and np.all(p > 0)
+        assert np.array_equal(p, p[::-1]) and abs(p.sum() - 1) < 1e-12
+        assert np.array_equal(p, adapt._pmf(k))            # no state, no randomness
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda d: d[:1], "bad length"),
+    (lambda d: d[:-1], "bad length"),
+    (lambda d: bytes([0]) + d[1:], "invalid step"),
+    (lambda d: bytes([25]) + d[1:], "invalid step"),
+    (lambda d: d[:1] + bytes([adapt.MAX_SCALE_CODE + 1]) + d[2:], "invalid step or scale"),
+    (lambda d: d + b"\x01\x02\x03\x04", "corrupt"),
+    (lambda d: d[:2] + b"\xff" * (len(d) - 2), "corrupt"),
+])
+def test_bad_update_streams_are_refused(mutate, match):
+    q = (np.arange(12 * 73).reshape(12, 73) % 7 - 3).astype(np.int32)
+    data = adapt.encode_update(adapt.Update(q=q, exponent=8))
+    with pytest.raises(adapt.UpdateStreamError, match=match):
+        adapt.decode_update(mutate(data), q.shape)
+
+
+def test_encoder_refuses_what_it_cannot_write():
+    with pytest.raises(ValueError):
+        adapt.encode_update(adapt.Update(q=np.array([[adapt.QMAX + 1]], dtype=np.int32), exponent=8))
+    with pytest.raises(ValueError):
+        adapt.encode_update(adapt.Update(q=np.zeros((1, 1), dtype=np.int32), exponent=0))
+
+
+# ---------------------------------------------------------------------------- the fit
+
+
+@pytest.mark.parametrize("h, w", [(64, 64), (50, 37)])
+def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w):
+    """Fit.sse (a quadratic form of the accumulated sums) equals the error of actually running the
+    last layer on the features, over the positions the fit counts, for the shipped and the fitted W."""
+    net = _net()
+    px = random_image(h, w, seed=3)
+    x = codec.pad(io.to_tensor(px))
+    gains = net._gains(2.0, 1, x.device)
+    with torch.no_grad():
+        y_hat = quantize(net.g_a(x) * gains[0], QuantMode.ROUND)
+        feats = net.g_s[:-1](net.synth_input(y_hat, gains))
+    fit = adapt.Fit(net)
+    fit.add_tile(feats, x, (h, w), rows=3)                    # several chunks, odd sizes
+    hh, ww = h // 2, w // 2
+    assert fit.positions == hh * ww and fit.pixels == h * w
+    target = F.pixel_unshuffle(x, 2)[0, :, :hh, :ww].double() * 255
+    for wm in (fit.w0, fit.solve()):
+        wt = wm.float()
+        out = F.conv2d(feats, wt[:, :-1].reshape_as(adapt.last_layer(net).weight), wt[:, -1], padding=1)
+        direct = float(((out[0, :, :hh, :ww].double() * 255 - target) ** 2).sum())
+        assert fit.sse(wm) == pytest.approx(direct, rel=1e-4)
+    assert fit.sse(fit.solve()) < fit.sse(fit.w0)            # the least-squares fit helps
+
+
+# ---------------------------------------------------------------------------- the codec
+
+
+@pytest.mark.parametrize("tile_size", [None, 64])
+def test_adapted_file_decodes_bit_exactly_to_what_the_encoder_chose(tile_size):
+    """A file with an update: version 3, flag set, the same tile streams as without it, one more
+    stream; the decoder's pixels are g_s with the updated layer, exactly, and better than without."""
+    net = _net()
+    px = random_image(100, 130, seed=1)
+    plain = codec.encode_with_net(net, px, 3.0, tile_size=tile_size)
+    data = codec.encode_with_net(net, px, 3.0, tile_size=tile_size, adapt_layer=True)
+    h0, s0 = container.unpack(plain)
+    h1, s1 = container.unpack(data)
+    assert (h0.version, h0.flags) == (2, 0)
+    assert (h1.version, h1.flags) == (3, container.FLAG_SYNTHESIS_UPDATE) and h1.has_update
+    assert s1[:-1] == s0 and len(s1) == len(s0) + 1
+    update = adapt.decode_update(s1[-1], tuple(adapt.shipped_matrix(net).shape))
+    last = adapt.updated_layer(net, update)
+    out = codec.decode_with_net(net, data)
+    # what the decoder must produce, tile by tile, from the latents of the plain file
+    expected = np.empty_like(px)
+    spt = h1.streams_per_tile
+    for i, (top, left, th, tw) in enumerate(codec.tile_grid(100, 130, h1.tile_size)):
+        x_hat = net.decompress(s0[i * spt:(i + 1) * spt], (th // 64, tw // 64), 2.0, last=last)
+        ch, cw = min(th, 100 - top), min(tw, 130 - left)
+        expected[top:top + ch, left:left + cw] = io.from_tensor(x_hat[:, :, :ch, :cw])
+    assert np.array_equal(out, expected)
+    assert np.array_equal(out, codec.decode_with_net(net, data))              # again: the same
+    assert _psnr(out, px) > _psnr(codec.decode_with_net(net, plain), px) + 0.1
+    assert np.array_equal(codec.decode_with_net(net, plain), codec.decode_with_net(net, plain))
+    # the model itself was not changed by decoding with an update
+    assert torch.equal(adapt.shipped_matrix(net), adapt.shipped_matrix(_net()))
+
+
+def test_no_update_where_it_cannot_pay_or_cannot_be_written():
+    """Without lambdas (no rate-distortion trade-off), in version 1, or for an image too small to
+    fit, the file is exactly the one written without adapt_layer."""
+    px = random_image(64, 64, seed=2)
+    no_lmbdas = tiny_net(num_modes=3)
+    assert (codec.encode_with_net(no_lmbdas, px, 2.0, adapt_layer=True)
+            == codec.encode_with_net(no_lmbdas, px, 2.0))
+    net = _net()
+    assert (codec.encode_with_net(net, px, 2.0, version=1, adapt_layer=True)
+            == codec.encode_with_net(net, px, 2.0, version=1))
+    one = random_image(1, 1)
+    assert codec.encode_with_net(net, one, 2.0, adapt_layer=True) == codec.encode_with_net(net, one, 2.0)
+
+
+def test_lowest_modes_of_a_lambda_with_no_room_send_nothing():
+    """At a tiny lambda the distortion is worth almost nothing: no update is chosen."""
+    net = tiny_net(num_modes=3, lmbdas=(1e-9, 1e-8, 1e-7))
+    px = random_image(64, 96, seed=4)
+    assert not container.unpack(codec.encode_with_net(net, px, 1.0, adapt_layer=True))[0].has_update
+
+
+def test_corrupt_or_missing_update_stream_is_a_codec_error():
+    net = _net()
+    data = codec.encode_with_net(net, random_image(64, 64, seed=5), 3.0, adapt_layer=True)
+    header, streams = container.unpack(data)
+    assert header.has_update
+    bad = container.pack(header, streams[:-1] + [streams[-1][:2] + b"\xff" * (len(streams[-1]) - 2)])
+    with pytest.raises(codec.CodecError):
+        codec.decode_with_net(net, bad)
+    with pytest.raises(codec.CodecError, match="streams"):          # the flag without the stream
+        codec.decode_with_net(net, container.pack(header, streams[:-1]))
+    # the stream without the flag: one stream too many for a version-2 reader
+    with pytest.raises(codec.CodecError, match="streams"):
+        codec.decode_with_net(net, container.pack(dataclasses.replace(header, version=2, flags=0), streams))
+
+
+def test_cli_adapts_with_adapt_only(tmp_path, kodak_crop):
+    from PIL import Image
+
+    from lic.cli import describe, encode_main
+    from lic.weights import export
+
+    ckpt = tmp_path / "w.safetensors"
+    export(_net(), ckpt)
+    png = tmp_path / "img.png"
+    Image.fromarray(kodak_crop[:64, :96]).save(png)
+    for extra, version in ((["--adapt"], 3), ([], 2)):
+        out = tmp_path / f"v{version}.lic"
+        assert encode_main([str(png), "-o", str(out), "-q", "3", "--checkpoint", str(ckpt), *extra]) == 0
+        data = out.read_bytes()
+        assert container.unpack(data)[0].version == version
+        assert ("synthesis update" in describe(data, "x")) == (version == 3)
+
+
+def test_crc_and_layout_of_an_adapted_file():
+    """The update is an ordinary length-prefixed stream under the file's CRC."""
+    net = _net()
+    data = codec.encode_with_net(net, random_image(64, 64, seed=6), 3.0, adapt_layer=True)
+    n = struct.unpack_from(">H", data, 30)[0]
+    assert data[8] == 1 and zlib.crc32(data[:-4]) == struct.unpack(">I", data[-4:])[0]
+    assert n == len(container.unpack(data)[1])
+
+
+def test_evaluate_config_turns_it_on_and_labels_the_curve():
+    from omegaconf import OmegaConf
+
+    from lic.eval.run import build_codec
+
+    def cfg(**kw):
+        return OmegaConf.create({"model": {"checkpoints": None, "name": None, "modes": [4], "label": None,
+                                           "refine": 0, **kw}})
+    off, on = build_codec(cfg()), build_codec(cfg(adapt=True))
+    assert not off.adapt and on.adapt and on.name == off.name + ", per-image last layer"
+    px = random_image(64, 64, seed=7)
+    # the evaluated files are encode.py --adapt's: the same bytes as encode_image(adapt_layer=True)
+    assert on.encode(px, 4.0) == codec.encode_image(on.models[4.0], px, adapt_layer=True)
+    assert off.encode(px, 4.0) == codec.encode_image(on.models[4.0], px)
