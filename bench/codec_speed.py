@@ -36,12 +36,12 @@ def timed(fn, *a):
     return out, time.perf_counter() - t
 
 
-def bench_lic(name, net, images, mode, version=None):
+def bench_lic(name, net, images, mode, version=None, adapt_layer=False):
     enc, dec, bpp = [], [], []
     fp = fingerprint(net)   # computed once, as encode.py / decode.py do when they load the weights
     version = version or container.VERSION
     for px in images:
-        data, te = timed(lambda: codec.encode_with_net(net, px, mode, fp, version=version))
+        data, te = timed(lambda: codec.encode_with_net(net, px, mode, fp, version=version, adapt_layer=adapt_layer))
         out, td = timed(codec.decode_with_net, net, data, None, fp)
         enc.append(te), dec.append(td), bpp.append(8 * len(data) / (px.shape[0] * px.shape[1]))
     return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--format-versions", type=int, nargs="*", default=None,
                     help="time the shipped model writing each of these .lic versions (default: the current; "
                          "1: tables from the float32 networks, 2: the exact ones)")
+    ap.add_argument("--adapt", action="store_true",
+                    help="also time the shipped model with encode.py --adapt (per-image last layer, lic.adapt)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     kodak = sorted((REPO.parent / "shared" / "data" / "kodak").glob("*.png"))[: args.images]
@@ -95,6 +97,9 @@ def main() -> None:
                 tag = f" v{v}" if args.format_versions else ""
                 rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g}{tag}",
                                       loaded.net, images, mode, v))
+            if args.adapt:
+                rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g} --adapt",
+                                      loaded.net, images, mode, adapt_layer=True))
         torch.manual_seed(0)
     for path in args.checkpoint:
         for mode in args.modes or [args.mode]:

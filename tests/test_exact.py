@@ -68,7 +68,7 @@ def test_both_versions_round_trip_and_say_which_they_are(context):
         assert np.array_equal(codec.decode_with_net(net, data), ref)
     assert container.unpack(codec.encode_with_net(net, px, 2.0))[0].version == container.VERSION == 2
     with pytest.raises(ValueError, match="format version"):
-        codec.encode_with_net(net, px, 2.0, version=3)
+        codec.encode_with_net(net, px, 2.0, version=4)
 
 
 WORKER = textwrap.dedent("""
