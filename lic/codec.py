@@ -1,9 +1,11 @@
 """Images in, ``.lic`` bytes out, and exactly back.
 
     encode: pixels (H, W, 3) uint8 -> tiles -io.to_tensor, pad to 64-> net.compress -> streams
+            [-adapt_layer: every tile's features -> lic.adapt.Fit -> one update stream, last]
             -container.pack(Header, streams)-> bytes
     decode: bytes -container.unpack-> (Header, streams) -check every stream-> per tile:
-            net.decompress -> x_hat -crop, io.from_tensor-> pixels of that tile
+            net.decompress (with the update's last layer, if the file has one) -> x_hat
+            -crop, io.from_tensor-> pixels of that tile
 
 Padding replicates the last row / column up to the next multiple of 64 (the
 model's total downsampling); the decoder crops back to the size in the header.
