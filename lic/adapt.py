@@ -28,8 +28,9 @@ Stream layout (all in the one stream that follows every tile's streams, the cont
 
     u8   e        step exponent: the update is q * 2^-e, e in STEP_EXPONENTS_READ
     u8   k        Cauchy scale code: scale^2 = SCALE_SQUARED[k] (2^-12 .. 2^20), k <= MAX_SCALE_CODE
-    ...           range-coded words (u32 little-endian), the (12, 9N + 1) integers q of
-                  [weight | bias] in row-major order, each in [-QMAX, QMAX]
+    u8   kind     which entries move (KINDS): 0 every weight and bias, 1 the centre taps and biases
+    ...           range-coded words (u32 little-endian): the integers q of the kind's columns of
+                  [weight | bias] (12 rows of 9N + 1, or of N + 1), row-major, each in [-QMAX, QMAX]
 
 The Cauchy table is built from exact binary fractions and integers, divisions (correctly rounded by IEEE 754) and an exactly
 rounded sum (``math.fsum``), so it is the same on every machine before constriction quantizes it.
@@ -63,7 +64,15 @@ SCALE_SQUARED = (2.0**-12, 2.0**-10, 2.0**-8, 2.0**-6, 2.0**-4, 2.0**-2, 0.5, 1,
 MAX_SCALE_CODE = len(SCALE_SQUARED) - 1      # scales from 2^-6 up to 2^10 integer steps
 QMAX = 4095                                  # |q| at most this: the alphabet is [-QMAX, QMAX]
 RIDGE = 1e-4                                 # ridge weight per position, towards the shipped layer
-_HEADER = struct.Struct("<BB")
+_HEADER = struct.Struct("<BBB")
+
+# kind -> which entries of [weight | bias] the update moves (the others stay as shipped).
+# APPEND-ONLY: files name these numbers.
+KINDS = {
+    0: "every weight of the 3x3 kernels, and the biases",
+    1: "the kernels' centre taps (a 1x1 convolution), and the biases",
+}
+DEFAULT_KINDS = (1,)   # what the encoder tries (docs/adapt.md, "Which entries")
 
 
 class UpdateStreamError(ValueError):
@@ -72,14 +81,25 @@ class UpdateStreamError(ValueError):
 
 @dataclass(frozen=True)
 class Update:
-    """A decoded (or chosen) update: integers q (12, 9N + 1) and step 2^-e."""
+    """A decoded (or chosen) update: integers q (12, 9N + 1), step 2^-e, and the kind (KINDS)
+    that says which entries may be nonzero."""
 
     q: np.ndarray          # int32 (out_channels, in_channels * 9 + 1): [weight | bias]
     exponent: int
+    kind: int = 0
 
     @property
     def step(self) -> float:
         return 2.0 ** -self.exponent
+
+
+def kind_columns(kind: int, width: int) -> np.ndarray:
+    """The columns of [weight | bias] (``width`` = 9N + 1) that an update of ``kind`` moves."""
+    if kind == 0:
+        return np.arange(width)
+    if kind == 1:
+        return np.append(np.arange(4, width - 1, 9), width - 1)   # (c, 1, 1) of each 3x3 kernel; bias
+    raise ValueError(f"unknown update kind {kind}")
 
 
 def last_layer(net: "Cheng2020GMM") -> torch.nn.Conv2d:
@@ -131,19 +151,24 @@ def _bits(q: np.ndarray, scale_code: int) -> float:
 
 
 def encode_update(update: Update) -> bytes:
-    """The update stream: exponent, scale code (the cheapest for these integers), coded words."""
-    q = np.ascontiguousarray(update.q, dtype=np.int32).reshape(-1)
+    """The update stream: exponent, scale code (the cheapest for these integers), kind, coded words
+    (the kind's columns of q, row by row)."""
+    full = np.asarray(update.q, dtype=np.int32)
+    cols = kind_columns(update.kind, full.shape[1])
+    if np.count_nonzero(full) != np.count_nonzero(full[:, cols]):
+        raise ValueError(f"an update of kind {update.kind} moves only {KINDS[update.kind]}")
+    q = np.ascontiguousarray(full[:, cols]).reshape(-1)
     if q.size and (q.min() < -QMAX or q.max() > QMAX):
         raise ValueError(f"update integers must lie in [-{QMAX}, {QMAX}]")
     if update.exponent not in STEP_EXPONENTS_READ:
         raise ValueError(f"step exponent {update.exponent} out of range")
-    return _encode(q, update.exponent, min(range(MAX_SCALE_CODE + 1), key=lambda c: _bits(q, c)))
+    return _encode(q, update.exponent, min(range(MAX_SCALE_CODE + 1), key=lambda c: _bits(q, c)), update.kind)
 
 
-def _encode(q: np.ndarray, exponent: int, scale_code: int) -> bytes:
+def _encode(q: np.ndarray, exponent: int, scale_code: int, kind: int) -> bytes:
     enc = constriction.stream.queue.RangeEncoder()
     enc.encode(q + QMAX, _model(scale_code))
-    return _HEADER.pack(exponent, scale_code) + enc.get_compressed().astype("<u4").tobytes()
+    return _HEADER.pack(exponent, scale_code, kind) + enc.get_compressed().astype("<u4").tobytes()
 
 
 def decode_update(data: bytes, shape: tuple[int, int]) -> Update:
@@ -154,33 +179,47 @@ def decode_update(data: bytes, shape: tuple[int, int]) -> Update:
     range decoder would silently skip are refused too)."""
     if len(data) < _HEADER.size or (len(data) - _HEADER.size) % 4:
         raise UpdateStreamError("synthesis update stream has a bad length")
-    e, k = _HEADER.unpack_from(data)
-    if e not in STEP_EXPONENTS_READ or k > MAX_SCALE_CODE:
-        raise UpdateStreamError("synthesis update stream declares an invalid step or scale")
-    n = shape[0] * shape[1]
+    e, k, kind = _HEADER.unpack_from(data)
+    if e not in STEP_EXPONENTS_READ or k > MAX_SCALE_CODE or kind not in KINDS:
+        raise UpdateStreamError("synthesis update stream declares an invalid step, scale or kind")
+    cols = kind_columns(kind, shape[1])
+    n = shape[0] * len(cols)
     words = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
     try:
         q = np.asarray(constriction.stream.queue.RangeDecoder(words).decode(_model(k), n), dtype=np.int32) - QMAX
     except (AssertionError, ValueError) as err:
         raise UpdateStreamError(f"corrupt synthesis update stream ({type(err).__name__})") from None
-    if _encode(q, e, k) != bytes(data):
+    if _encode(q, e, k, kind) != bytes(data):
         raise UpdateStreamError("corrupt synthesis update stream (not what an encoder writes)")
-    return Update(q=q.reshape(shape), exponent=e)
+    full = np.zeros(shape, dtype=np.int32)
+    full[:, cols] = q.reshape(shape[0], len(cols))
+    return Update(q=full, exponent=e, kind=kind)
 
 
 # ---------------------------------------------------------------------------- the fit
 
 
 class Fit:
-    """Normal equations of the last layer over an image's valid pixels, tile by tile."""
+    """Normal equations of a change D to the last layer, over an image's valid pixels, tile by tile.
 
-    def __init__(self, net: "Cheng2020GMM"):
+    Only the columns that ``kinds`` may move are accumulated (for kind 1, the features themselves
+    and a one: N + 1 columns, no 3x3 neighbourhoods), against the residual r = t - 255 W0 a of the
+    shipped layer W0, so that for any D moving those columns
+
+        SSE(W0 + D) = ||r||^2 - 2 * 255 tr(D_c B) + 255^2 tr(D_c G D_c^T),
+        G = sum a_c a_c^T,  B = sum a_c r^T,  in 8-bit levels.
+    """
+
+    def __init__(self, net: "Cheng2020GMM", kinds: tuple[int, ...] = DEFAULT_KINDS):
         self.net = net
-        self.w0 = shipped_matrix(net).double()                  # (12, 9N + 1)
-        d = self.w0.shape[1]
-        self.G = torch.zeros(d, d, dtype=torch.float64)        # sum of a a^T
-        self.B = torch.zeros(d, self.w0.shape[0], dtype=torch.float64)   # sum of a t^T
-        self.tt = 0.0                                           # sum of t^2
+        self.kinds = tuple(kinds)
+        self.w0 = shipped_matrix(net)                           # (12, 9N + 1) float32
+        width = self.w0.shape[1]
+        self.cols = np.unique(np.concatenate([kind_columns(k, width) for k in self.kinds]))
+        d = len(self.cols)
+        self.G = torch.zeros(d, d, dtype=torch.float64)
+        self.B = torch.zeros(d, self.w0.shape[0], dtype=torch.float64)
+        self.rr = 0.0                                           # ||r||^2: the shipped layer's SSE
         self.positions = 0
         self.pixels = 0
 
@@ -193,57 +232,75 @@ class Fit:
         The convolution's zero padding at the tile's edges is the decoder's (each tile is decoded
         on its own).  The sums are float32 products over ``rows`` feature rows at a time, added up
         in float64: the fit need not be exact (the decoder never repeats it), only good."""
+        conv = last_layer(self.net)
+        feats = feats.float()
+        out0 = F.conv2d(feats, conv.weight.float(), conv.bias.float(), padding=1)   # (1, 12, th/2, tw/2)
+        resid = F.pixel_unshuffle(x.float(), 2) * 255.0 - 255.0 * out0            # r, 8-bit levels
         h2, w2 = feats.shape[-2:]
         hh, ww = valid[0] // 2, valid[1] // 2
-        target = F.pixel_unshuffle(x.float(), 2) * 255.0        # (1, 12, th/2, tw/2), 8-bit levels
+        width = self.w0.shape[1]
+        centre_only = np.array_equal(self.cols, kind_columns(1, width))
         for r0 in range(0, hh, rows):
             r1 = min(hh, r0 + rows)
-            slab = feats[:, :, max(0, r0 - 1):min(h2, r1 + 1)].float()
-            slab = F.pad(slab, (1, 1, int(r0 == 0), int(r1 == h2)))      # the conv's zero padding
-            cols = F.unfold(slab, 3)                                      # (1, 9N, (r1 - r0) * w2)
-            a = cols.reshape(cols.shape[1], r1 - r0, w2)[:, :, :ww].reshape(cols.shape[1], -1)   # (9N, P)
-            a = torch.cat([a, torch.ones(1, a.shape[1])])                  # (9N + 1, P): the bias
-            t = target[0, :, r0:r1, :ww].reshape(target.shape[1], -1)      # (12, P)
+            if centre_only:                                   # the centre taps: the features themselves
+                a = feats[0, :, r0:r1, :ww].reshape(feats.shape[1], -1)           # (N, P)
+            else:
+                slab = feats[:, :, max(0, r0 - 1):min(h2, r1 + 1)]
+                slab = F.pad(slab, (1, 1, int(r0 == 0), int(r1 == h2)))        # the conv's zero padding
+                unf = F.unfold(slab, 3)                                         # (1, 9N, (r1 - r0) * w2)
+                a = unf.reshape(unf.shape[1], r1 - r0, w2)[:, :, :ww].reshape(unf.shape[1], -1)
+                a = a[torch.from_numpy(self.cols[self.cols < width - 1])]      # the columns in use
+            a = torch.cat([a, torch.ones(1, a.shape[1])])                      # (|cols|, P): the bias last
+            r = resid[0, :, r0:r1, :ww].reshape(resid.shape[1], -1)            # (12, P)
             self.G += (a @ a.T).double()
-            self.B += (a @ t.T).double()
-            self.tt += float((t.double() ** 2).sum())
+            self.B += (a @ r.T).double()
+            self.rr += float((r.double() ** 2).sum())
             self.positions += a.shape[1]
         self.pixels += valid[0] * valid[1]
 
-    def solve(self) -> Tensor:
-        """The ridge solution (12, 9N + 1), float64, in the units of the layer's output in [0, 1]."""
-        d = self.G.shape[0]
+    def solve(self, kind: int) -> Tensor:
+        """The ridge least-squares change D (12, 9N + 1), float64, zero off the ``kind``'s columns,
+        in the units of the layer's output in [0, 1] (pulled towards no change by ``RIDGE``)."""
+        if kind not in self.kinds:
+            raise ValueError(f"this fit did not accumulate the columns of kind {kind}")
+        where = np.searchsorted(self.cols, kind_columns(kind, self.w0.shape[1]))
+        idx = torch.from_numpy(where)
         rho = RIDGE * max(1, self.positions)
-        G = self.G + rho * torch.eye(d, dtype=torch.float64)
-        return torch.linalg.solve(G, self.B / 255.0 + rho * self.w0.T).T
+        G = self.G[idx][:, idx] + rho * torch.eye(len(idx), dtype=torch.float64)
+        delta = torch.zeros(self.w0.shape, dtype=torch.float64)
+        delta[:, torch.from_numpy(self.cols[where])] = torch.linalg.solve(G, self.B[idx] / 255.0).T
+        return delta
 
-    def sse(self, w: Tensor) -> float:
-        """Sum of squared errors (8-bit levels) of the image's valid pixels with layer w (12, 9N + 1),
-        before clamping and rounding: ||255 W A - T||^2 = 255^2 tr(W G W^T) - 2 * 255 tr(W B) + tt."""
-        w = w.double()
-        return float(255.0**2 * torch.sum((w @ self.G) * w) - 2 * 255.0 * torch.sum(w.T * self.B) + self.tt)
+    def sse(self, delta: Tensor | None = None) -> float:
+        """Sum of squared errors (8-bit levels) over the fitted positions with the layer W0 + delta
+        (12, 9N + 1; None: the shipped layer), before clamping and rounding."""
+        if delta is None:
+            return self.rr
+        d = delta.double()[:, torch.from_numpy(self.cols)]                   # (12, |cols|)
+        return float(self.rr - 2 * 255.0 * torch.sum(d.T * self.B) + 255.0**2 * torch.sum((d @ self.G) * d))
 
 
 def choose_update(fit: Fit, lmbda: float) -> Update | None:
-    """The update (or None) with the lowest lmbda * MSE + bits / pixels, over ``STEP_EXPONENTS``
-    (MSE of the fitted values in 8-bit levels, bits of the update's stream and length field)."""
+    """The update (or None) with the lowest lmbda * MSE + bits / pixels, over the fit's kinds and
+    ``STEP_EXPONENTS`` (MSE of the fitted values in 8-bit levels, bits of the update's stream and
+    length field)."""
     if fit.positions == 0:
         return None
-    w0 = fit.w0
-    values = w0.shape[0] * fit.positions
-    best_cost, best = lmbda * fit.sse(w0) / values, None
-    u = fit.solve() - w0                                        # (12, 9N + 1)
-    for e in STEP_EXPONENTS:
-        q = quantize(u * 2.0**e, QuantMode.ROUND).clamp(-QMAX, QMAX)
-        update = Update(q=q.numpy().astype(np.int32), exponent=e)
-        bits = 8 * (len(encode_update(update)) + 4)             # its stream and its length field
-        cost = lmbda * fit.sse(w0 + q * 2.0**-e) / values + bits / fit.pixels
-        if cost < best_cost:
-            best_cost, best = cost, update
+    values = fit.w0.shape[0] * fit.positions
+    best_cost, best = lmbda * fit.sse() / values, None
+    for kind in fit.kinds:
+        u = fit.solve(kind)                                     # (12, 9N + 1), zero off the kind's columns
+        for e in STEP_EXPONENTS:
+            q = quantize(u * 2.0**e, QuantMode.ROUND).clamp(-QMAX, QMAX)
+            update = Update(q=q.numpy().astype(np.int32), exponent=e, kind=kind)
+            bits = 8 * (len(encode_update(update)) + 4)         # its stream and its length field
+            cost = lmbda * fit.sse(q * 2.0**-e) / values + bits / fit.pixels
+            if cost < best_cost:
+                best_cost, best = cost, update
     return best
 
 
 def mse_gain_db(fit: Fit, update: Update) -> float:
     """PSNR gain the fit predicts for ``update`` (before clamping and rounding), for reports."""
-    w = fit.w0 + torch.from_numpy(update.q.astype(np.float64)) * update.step
-    return 10 * math.log10(fit.sse(fit.w0) / max(fit.sse(w), 1e-9))
+    d = torch.from_numpy(update.q.astype(np.float64)) * update.step
+    return 10 * math.log10(fit.sse() / max(fit.sse(d), 1e-9))

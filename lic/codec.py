@@ -305,9 +305,10 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
 
 
 def encode_image(loaded: LoadedModel, pixels: np.ndarray, *, tile_size: int | None = None,
-                 refine: RefineConfig | None = None, adapt_layer: bool = False) -> bytes:
-    """``encode.py``'s encoder: :func:`encode_with_net` with a loaded model at its mode
-    (``adapt_layer``: ``encode.py --adapt``, :mod:`lic.adapt`)."""
+                 refine: RefineConfig | None = None, adapt_layer: bool = True) -> bytes:
+    """``encode.py``'s encoder: :func:`encode_with_net` with a loaded model at its mode; like
+    ``encode.py`` it sends the per-image last-layer update where it pays (``adapt_layer``; False
+    is ``encode.py --no-adapt``; :mod:`lic.adapt`)."""
     return encode_with_net(loaded.net, pixels, loaded.mode + loaded.mode_frac / 256, loaded.fingerprint,
                            tile_size=tile_size, refine=refine, adapt_layer=adapt_layer)
 

@@ -54,15 +54,35 @@ def test_update_table_is_a_symmetric_distribution_from_exact_operations():
     (lambda d: d[:-1], "bad length"),
     (lambda d: bytes([0]) + d[1:], "invalid step"),
     (lambda d: bytes([25]) + d[1:], "invalid step"),
-    (lambda d: d[:1] + bytes([adapt.MAX_SCALE_CODE + 1]) + d[2:], "invalid step or scale"),
+    (lambda d: d[:1] + bytes([adapt.MAX_SCALE_CODE + 1]) + d[2:], "invalid step, scale"),
+    (lambda d: d[:2] + bytes([9]) + d[3:], "or kind"),
+    (lambda d: d[:2] + bytes([1 - d[2]]) + d[3:], "corrupt"),        # the other kind: other counts
     (lambda d: d + b"\x01\x02\x03\x04", "corrupt"),
-    (lambda d: d[:2] + b"\xff" * (len(d) - 2), "corrupt"),
+    (lambda d: d[:3] + b"\xff" * (len(d) - 3), "corrupt"),
 ])
 def test_bad_update_streams_are_refused(mutate, match):
     q = (np.arange(12 * 73).reshape(12, 73) % 7 - 3).astype(np.int32)
     data = adapt.encode_update(adapt.Update(q=q, exponent=8))
     with pytest.raises(adapt.UpdateStreamError, match=match):
         adapt.decode_update(mutate(data), q.shape)
+
+
+@pytest.mark.parametrize("kind", sorted(adapt.KINDS))
+def test_update_kinds_code_only_their_columns(kind):
+    """Kind 0 codes all 9N + 1 columns, kind 1 the N centre taps and the bias; the rest is zero."""
+    rng = np.random.default_rng(kind)
+    width = 9 * 8 + 1
+    cols = adapt.kind_columns(kind, width)
+    assert len(cols) == (width if kind == 0 else 8 + 1) and cols[-1] == width - 1
+    q = np.zeros((12, width), dtype=np.int32)
+    q[:, cols] = rng.integers(-20, 21, (12, len(cols)))
+    data = adapt.encode_update(adapt.Update(q=q, exponent=7, kind=kind))
+    back = adapt.decode_update(data, q.shape)
+    assert back.kind == kind and np.array_equal(back.q, q)
+    if kind == 1:
+        q[0, 0] = 1                                           # a non-centre tap: not this kind's
+        with pytest.raises(ValueError, match="moves only"):
+            adapt.encode_update(adapt.Update(q=q, exponent=7, kind=1))
 
 
 def test_encoder_refuses_what_it_cannot_write():
@@ -75,10 +95,12 @@ def test_encoder_refuses_what_it_cannot_write():
 # ---------------------------------------------------------------------------- the fit
 
 
+@pytest.mark.parametrize("kinds", [(0,), (1,), (0, 1)])
 @pytest.mark.parametrize("h, w", [(64, 64), (50, 37)])
-def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w):
+def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w, kinds):
     """Fit.sse (a quadratic form of the accumulated sums) equals the error of actually running the
-    last layer on the features, over the positions the fit counts, for the shipped and the fitted W."""
+    last layer on the features, over the positions the fit counts, for the shipped layer and for
+    each kind's fitted one; a fitted change moves only its kind's columns and lowers the error."""
     net = _net()
     px = random_image(h, w, seed=3)
     x = codec.pad(io.to_tensor(px))
@@ -86,17 +108,29 @@ def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w):
     with torch.no_grad():
         y_hat = quantize(net.g_a(x) * gains[0], QuantMode.ROUND)
         feats = net.g_s[:-1](net.synth_input(y_hat, gains))
-    fit = adapt.Fit(net)
+    fit = adapt.Fit(net, kinds)
     fit.add_tile(feats, x, (h, w), rows=3)                    # several chunks, odd sizes
     hh, ww = h // 2, w // 2
     assert fit.positions == hh * ww and fit.pixels == h * w
     target = F.pixel_unshuffle(x, 2)[0, :, :hh, :ww].double() * 255
-    for wm in (fit.w0, fit.solve()):
-        wt = wm.float()
-        out = F.conv2d(feats, wt[:, :-1].reshape_as(adapt.last_layer(net).weight), wt[:, -1], padding=1)
-        direct = float(((out[0, :, :hh, :ww].double() * 255 - target) ** 2).sum())
-        assert fit.sse(wm) == pytest.approx(direct, rel=1e-4)
-    assert fit.sse(fit.solve()) < fit.sse(fit.w0)            # the least-squares fit helps
+    conv = adapt.last_layer(net)
+
+    def direct(delta):
+        wt = (fit.w0.double() + delta).float()
+        out = F.conv2d(feats, wt[:, :-1].reshape_as(conv.weight), wt[:, -1], padding=1)
+        return float(((out[0, :, :hh, :ww].double() * 255 - target) ** 2).sum())
+    zero = torch.zeros(fit.w0.shape, dtype=torch.float64)
+    assert fit.sse() == pytest.approx(direct(zero), rel=1e-5) and fit.sse(zero) == fit.sse()
+    for kind in kinds:
+        delta = fit.solve(kind)
+        moved = set(torch.nonzero((delta != 0).any(0)).flatten().tolist())
+        assert moved <= set(adapt.kind_columns(kind, fit.w0.shape[1]).tolist())
+        assert fit.sse(delta) == pytest.approx(direct(delta), rel=1e-4)
+        assert fit.sse(delta) < fit.sse()                     # the least-squares fit helps
+    if kinds == (0, 1):
+        assert fit.sse(fit.solve(0)) <= fit.sse(fit.solve(1))   # more freedom, no more error
+    with pytest.raises(ValueError, match="kind"):
+        adapt.Fit(net, (1,)).solve(0)
 
 
 # ---------------------------------------------------------------------------- the codec
@@ -169,7 +203,7 @@ def test_corrupt_or_missing_update_stream_is_a_codec_error():
         codec.decode_with_net(net, container.pack(dataclasses.replace(header, version=2, flags=0), streams))
 
 
-def test_cli_adapts_with_adapt_only(tmp_path, kodak_crop):
+def test_cli_adapts_unless_told_not_to(tmp_path, kodak_crop):
     from PIL import Image
 
     from lic.cli import describe, encode_main
@@ -179,7 +213,7 @@ def test_cli_adapts_with_adapt_only(tmp_path, kodak_crop):
     export(_net(), ckpt)
     png = tmp_path / "img.png"
     Image.fromarray(kodak_crop[:64, :96]).save(png)
-    for extra, version in ((["--adapt"], 3), ([], 2)):
+    for extra, version in (([], 3), (["--no-adapt"], 2)):
         out = tmp_path / f"v{version}.lic"
         assert encode_main([str(png), "-o", str(out), "-q", "3", "--checkpoint", str(ckpt), *extra]) == 0
         data = out.read_bytes()
@@ -204,9 +238,10 @@ def test_evaluate_config_turns_it_on_and_labels_the_curve():
     def cfg(**kw):
         return OmegaConf.create({"model": {"checkpoints": None, "name": None, "modes": [4], "label": None,
                                            "refine": 0, **kw}})
-    off, on = build_codec(cfg()), build_codec(cfg(adapt=True))
+    off, on = build_codec(cfg(adapt=False)), build_codec(cfg(adapt=True))
+    assert build_codec(cfg()).adapt is False                  # absent from an old config: off
     assert not off.adapt and on.adapt and on.name == off.name + ", per-image last layer"
     px = random_image(64, 64, seed=7)
     # the evaluated files are encode.py --adapt's: the same bytes as encode_image(adapt_layer=True)
     assert on.encode(px, 4.0) == codec.encode_image(on.models[4.0], px, adapt_layer=True)
-    assert off.encode(px, 4.0) == codec.encode_image(on.models[4.0], px)
+    assert off.encode(px, 4.0) == codec.encode_image(on.models[4.0], px, adapt_layer=False)

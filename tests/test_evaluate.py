@@ -177,7 +177,8 @@ def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     run_evaluate(tmp, [ckpt], eval_run["folder"], f"hydra.run.dir='{tmp / 'run3'}'", "wandb.enabled=false",
                  "model.refine=2", "workers=2", f"curves=['{earlier}']")
     data = json.loads(_lic_json(tmp / "run3").read_text())
-    assert data["name"].endswith(", refined (2 steps)") and data["settings"] == [1.0, 2.0, 3.0]
+    # the default encoder also sends last-layer updates (model.adapt, lic.adapt): in the label too
+    assert data["name"].endswith(", refined (2 steps), per-image last layer") and data["settings"] == [1.0, 2.0, 3.0]
     table = (tmp / "run3" / "bd_rate.md").read_text()
     assert json.loads(earlier.read_text())["name"] in table and data["name"] in table
     with open(tmp / "run3" / "per_image.csv") as f:
