@@ -6,17 +6,20 @@ g_s[:-1](y_hat * inverse gain) the features the decoder computes anyway.  For on
 coded latent, the W and b that minimise the squared error are a linear least-squares problem, as
 for the adaptive loop filter of VVC (a Wiener filter signalled per picture), here on the
 decoder's own features (instance-adaptive compression: van Rozendaal, Huijben & Cohen, ICLR
-2021, fine-tune the decoder per image and send the change).  The encoder
+2021, fine-tune the decoder per image and send the change).  ``KINDS`` says which entries a
+change D may move (0: the whole layer; 1: the centre taps and biases, a 1x1 convolution, the one
+the encoder tries, ``DEFAULT_KINDS``).  The encoder
 
-1. accumulates the normal equations over the image's tiles (``Fit``: G = A A^T, B = A T^T over
-   the valid pixels, A the 9N + 1 inputs of the layer at each position, T the 12 targets);
-2. solves ridge least squares pulled towards the shipped layer (``ridge``);
-3. quantizes the update U = fitted - shipped on each step 2^-e of ``STEP_EXPONENTS`` (rounding in
+1. accumulates the normal equations of D over the image's tiles, only for the columns of the
+   kinds it tries (``Fit``: G = sum a a^T, B = sum a r^T over the valid positions, a the layer's
+   inputs in those columns, r the shipped layer's residual in 8-bit levels);
+2. solves ridge least squares for D, pulled towards no change (``RIDGE``);
+3. quantizes D on each step 2^-e of ``STEP_EXPONENTS`` (rounding in
    :func:`lic.entropy.quantize.quantize`, the project's one quantizer) and codes the integers
    with a range coder under a discretized Cauchy model whose scale is chosen per file;
 4. keeps the choice (no update included) with the lowest rate-distortion cost
    lmbda * MSE_8bit + bits / pixels at the mode's lambda (the training loss), the distortion
-   computed exactly from G and B (a quadratic form), the bits the code's exact length.
+   computed exactly from G, B and ||r||^2 (a quadratic form), the bits the code's exact length.
 
 The decoder reads the update stream (:func:`decode_update`), adds q * 2^-e to the shipped float32
 weights, and uses them in place of the last layer for every tile (``Cheng2020GMM.synthesize``'s
@@ -32,8 +35,9 @@ Stream layout (all in the one stream that follows every tile's streams, the cont
     ...           range-coded words (u32 little-endian): the integers q of the kind's columns of
                   [weight | bias] (12 rows of 9N + 1, or of N + 1), row-major, each in [-QMAX, QMAX]
 
-The Cauchy table is built from exact binary fractions and integers, divisions (correctly rounded by IEEE 754) and an exactly
-rounded sum (``math.fsum``), so it is the same on every machine before constriction quantizes it.
+The Cauchy table is built from exact binary fractions and integers, divisions (correctly rounded
+by IEEE 754) and an exactly rounded sum (``math.fsum``), so it is the same on every machine before
+constriction quantizes it.
 Figures: docs/adapt.md.
 """
 from __future__ import annotations
@@ -58,7 +62,8 @@ STEP_EXPONENTS = (6, 7, 8, 9, 10, 11)        # steps the encoder tries: 2^-6 (0.
 STEP_EXPONENTS_READ = range(1, 25)           # what a decoder accepts
 # Cauchy scale code k -> the scale squared: powers of 2 below 1 (for updates that are mostly zeros),
 # then round(2^(j / 2)) written out; every one exact in float64
-SCALE_SQUARED = (2.0**-12, 2.0**-10, 2.0**-8, 2.0**-6, 2.0**-4, 2.0**-2, 0.5, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448,
+SCALE_SQUARED = (2.0**-12, 2.0**-10, 2.0**-8, 2.0**-6, 2.0**-4, 2.0**-2, 0.5,
+                 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448,
                  2048, 2896, 4096, 5793, 8192, 11585, 16384, 23170, 32768, 46341, 65536, 92682, 131072,
                  185364, 262144, 370728, 524288, 741455, 1048576)
 MAX_SCALE_CODE = len(SCALE_SQUARED) - 1      # scales from 2^-6 up to 2^10 integer steps
