@@ -245,3 +245,26 @@ def test_evaluate_config_turns_it_on_and_labels_the_curve():
     # the evaluated files are encode.py --adapt's: the same bytes as encode_image(adapt_layer=True)
     assert on.encode(px, 4.0) == codec.encode_image(on.models[4.0], px, adapt_layer=True)
     assert off.encode(px, 4.0) == codec.encode_image(on.models[4.0], px, adapt_layer=False)
+
+
+def test_mutated_adapted_files_fail_cleanly():
+    """Bit flips and byte changes in a version-3 file, CRC recomputed so that they reach the
+    stream checks: every one decodes or fails with FormatError (a CodecError is one), never
+    another exception."""
+    net = _net()
+    data = codec.encode_with_net(net, random_image(64, 64, seed=9), 3.0, adapt_layer=True)
+    assert container.unpack(data)[0].has_update
+    rng = np.random.default_rng(0)
+    outcomes = {"decoded": 0, "refused": 0}
+    for _ in range(150):
+        body = bytearray(data[:-4])
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(container.HEADER_SIZE, len(body)))
+            body[i] = int(rng.integers(0, 256))
+        mutated = bytes(body) + struct.pack(">I", zlib.crc32(bytes(body)))
+        try:
+            codec.decode_with_net(net, mutated)
+            outcomes["decoded"] += 1
+        except container.FormatError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == 150
