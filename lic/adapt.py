@@ -42,6 +42,7 @@ Figures: docs/adapt.md.
 """
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass
@@ -136,12 +137,16 @@ def updated_layer(net: "Cheng2020GMM", update: Update) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------- the code
 
 
+@functools.lru_cache(maxsize=None)
 def _pmf(scale_code: int) -> np.ndarray:
     """Discretized Cauchy over [-QMAX, QMAX], p(k) ~ 1 / (s^2 + k^2), the same bits on every machine:
-    the denominators are exact in float64, each division is correctly rounded, and so is the sum."""
+    the denominators are exact in float64, each division is correctly rounded, and so is the sum.
+    Built once per scale code (the encoder prices every code for every step it tries); read-only."""
     k = np.arange(-QMAX, QMAX + 1, dtype=np.float64)
     p = 1.0 / (float(SCALE_SQUARED[scale_code]) + k * k)
-    return p / math.fsum(p.tolist())
+    p /= math.fsum(p.tolist())
+    p.flags.writeable = False
+    return p
 
 
 def _model(scale_code: int):
@@ -268,12 +273,12 @@ class Fit:
         in the units of the layer's output in [0, 1] (pulled towards no change by ``RIDGE``)."""
         if kind not in self.kinds:
             raise ValueError(f"this fit did not accumulate the columns of kind {kind}")
-        where = np.searchsorted(self.cols, kind_columns(kind, self.w0.shape[1]))
-        idx = torch.from_numpy(where)
+        cols = kind_columns(kind, self.w0.shape[1])
+        idx = torch.from_numpy(np.searchsorted(self.cols, cols))   # where they sit in G and B
         rho = RIDGE * max(1, self.positions)
         G = self.G[idx][:, idx] + rho * torch.eye(len(idx), dtype=torch.float64)
         delta = torch.zeros(self.w0.shape, dtype=torch.float64)
-        delta[:, torch.from_numpy(self.cols[where])] = torch.linalg.solve(G, self.B[idx] / 255.0).T
+        delta[:, torch.from_numpy(cols)] = torch.linalg.solve(G, self.B[idx] / 255.0).T
         return delta
 
     def sse(self, delta: Tensor | None = None) -> float:
@@ -303,9 +308,3 @@ def choose_update(fit: Fit, lmbda: float) -> Update | None:
             if cost < best_cost:
                 best_cost, best = cost, update
     return best
-
-
-def mse_gain_db(fit: Fit, update: Update) -> float:
-    """PSNR gain the fit predicts for ``update`` (before clamping and rounding), for reports."""
-    d = torch.from_numpy(update.q.astype(np.float64)) * update.step
-    return 10 * math.log10(fit.sse() / max(fit.sse(d), 1e-9))

@@ -230,7 +230,7 @@ def encode_with_net(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, fp
         streams += c.streams
         if fit is not None:
             with torch.no_grad():   # the features the decoder will compute for this tile
-                fit.add_tile(net.g_s[:-1](net.synth_input(c.y_hat, net._gains(q, 1, x.device))), x, valid)
+                fit.add_tile(net.synth_features(c.y_hat, net._gains(q, 1, x.device)), x, valid)
     flags = 0
     if fit is not None:
         update = adapt.choose_update(fit, mode_lmbda(net.config.lmbdas, q))

@@ -377,12 +377,17 @@ class Cheng2020GMM(CompressionModel):
         per-image update, ``lic.adapt``); the module itself is not changed."""
         if last is None:
             return self.g_s(self.synth_input(y_hat, gains))
-        feats = self.g_s[:-1](self.synth_input(y_hat, gains))       # (B, N, H/2, W/2)
+        feats = self.synth_features(y_hat, gains)                    # (B, N, H/2, W/2)
         return self.g_s[-1][1](F.conv2d(feats, last[0], last[1], padding=1))   # conv, pixel shuffle
 
     def synth_input(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
         """What enters g_s: y_hat times the mode's inverse gain (y_hat itself for a single-rate model)."""
         return y_hat if gains is None else y_hat * gains[1]
+
+    def synth_features(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
+        """What enters g_s's last layer (B, N, H/2, W/2): everything of g_s but that layer
+        (the inputs ``lic.adapt`` fits the layer on)."""
+        return self.g_s[:-1](self.synth_input(y_hat, gains))
 
     def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None,
                     exact: bool, last: tuple[Tensor, Tensor] | None = None) -> Tensor:
