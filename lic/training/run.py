@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,79 @@ def _instantiate_group(cfg: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in cfg.values() if c is not None and "_target_" in c]
 
 
+def _hydra_job() -> dict:
+    """This job's place in a Hydra run: {"multirun", "sweep_dir", "num", "overrides"}; {} outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return {"multirun": False}
+    return {"multirun": True, "sweep_dir": hc.sweep.dir, "num": hc.job.num, "overrides": list(hc.overrides.task)}
+
+
+def _ddp_children_run_this_job(job: dict, out_dir: Path) -> None:
+    """Lightning starts DDP processes 1..N-1 by re-running ``sys.argv`` with ``hydra.run.dir=<hydra.run.dir>``.
+
+    Inside a multirun that command is the whole sweep (``-m quality=q1,q2``), and hydra.run.dir is
+    not this job's folder: each child would run every job of the sweep into a second folder.  So
+    the children get this job's own overrides and its folder (Hydra's ``run.dir``, read by Lightning).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import read_write
+
+    sys.argv = [sys.argv[0], *job["overrides"]]
+    hc = HydraConfig.get()
+    with read_write(hc):
+        hc.run.dir = str(out_dir)
+
+
+def _wandb_identity(cfg: DictConfig, job: dict) -> dict:
+    """name / group / job_type for a wandb logger: the jobs of one sweep share a group."""
+    ident = {"job_type": "train", "name": str(cfg.task_name)}
+    if job.get("multirun"):
+        sweep = Path(job["sweep_dir"])
+        ident["group"] = f"{sweep.parent.parent.name}/{sweep.name}"   # <task_name>/<date>
+        ident["name"] = f"{cfg.task_name}-{job['num']}"
+    return ident
+
+
+def _make_loggers(cfg: DictConfig, job: dict) -> list:
+    loggers = []
+    for c in (cfg.get("logger") or {}).values():
+        if c is None or "_target_" not in c:
+            continue
+        kw = {}
+        if c["_target_"].endswith("WandbLogger"):
+            kw = {k: v for k, v in _wandb_identity(cfg, job).items() if c.get(k) is None}
+        loggers.append(instantiate(c, **kw, _convert_="all"))
+    return loggers
+
+
+def _run_record(out_dir: Path, loggers: list) -> dict:
+    """What a checkpoint records of the run that wrote it (lic_train_stats["run"])."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    record = {"dir": str(out_dir)}
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            exp = lg.experiment
+            record.update(wandb_id=exp.id, wandb_project=exp.project, wandb_group=exp.group or None)
+    return record
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    ema = cfg.get("ema") or {}
+    if ema.get("decay"):
+        from lic.training.ema import EMA
+
+        callbacks.append(EMA(float(ema.decay), int(ema.get("start_step") or 0)))
+    return callbacks
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     os.environ.setdefault("WANDB_MODE", "offline")   # never block on a login prompt or the network
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -30,25 +104,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    job = _hydra_job()
 
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.model, _convert_="all")
+    module = instantiate(cfg.model, loss=cfg.loss.metric, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                         _convert_="all")
     if cfg.get("init_from"):
         if cfg.get("ckpt_path"):
             raise ValueError("init_from starts a new run from weights; ckpt_path resumes one: give one of them")
         log.info("initialised from %s", module.init_weights_from(cfg.init_from))
     if cfg.get("compile"):
         module.net = torch.compile(module.net)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
+    callbacks = build_callbacks(cfg)
+    loggers = _make_loggers(cfg, job)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
-    for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if trainer.is_global_zero:
+        # the whole resolved config, once (the module and datamodule log none of their own)
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        module.run_record = _run_record(out_dir, loggers)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    if cfg.get("save_final", True) and trainer.global_step > 0:
-        # the state at the end of fit (max_steps or max_time reached), whatever the periodic checkpoints caught
-        trainer.save_checkpoint(str(out_dir / "checkpoints" / "final.ckpt"))
+    argv = list(sys.argv)
+    if job.get("multirun"):
+        _ddp_children_run_this_job(job, out_dir)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    finally:
+        sys.argv = argv
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     log.info("done at step %d: %s", trainer.global_step, metrics)
     return metrics
