@@ -30,7 +30,7 @@ CANDIDATES: dict[str, list[str]] = {
     "N64 crop128 b8 lr3e-4 (issue's baseline)": [],
     "N64 crop256 b8 lr3e-4": ["data.crop=256"],
     "N64 crop64 b32 lr3e-4": ["data.crop=64", "data.batch_size=32"],
-    "N64 crop128 b8 lr1e-4": ["model.lr=1e-4"],
+    "N64 crop128 b8 lr1e-4": ["optimizer.lr=1e-4"],
     "N64 M192 crop128 b8 lr3e-4": ["+model.model.M=192"],
     "N96 crop128 b8 lr3e-4": ["model.model.N=96"],
 }

@@ -181,7 +181,7 @@ def run_lightning(args, loader) -> float:
 
     torch.manual_seed(args.seed)
     cfg = model_config(args)
-    module = LitCodec(model=cfg, lmbda=LMBDA if args.num_modes <= 1 else None, lr=1e-4, aux_lr=1e-3,
+    module = LitCodec(model=cfg, lmbda=LMBDA if args.num_modes <= 1 else None,
                       val_real_images=0)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, precision="32-true",
