@@ -49,25 +49,29 @@ def _ddp_children_run_this_job(job: dict, out_dir: Path) -> None:
         hc.run.dir = str(out_dir)
 
 
-def _wandb_identity(cfg: DictConfig, job: dict) -> dict:
-    """name / group / job_type for a wandb logger: the jobs of one sweep share a group."""
-    ident = {"job_type": "train", "name": str(cfg.task_name)}
+def _wandb_identity(cfg: DictConfig, job: dict, out_dir: Path) -> dict:
+    """name / group / job_type for a wandb logger: the jobs of one sweep share a group, <task_name>/<sweep
+    folder>; a single run is a group of its own, <task_name>/<run folder> (evaluate.py joins it)."""
     if job.get("multirun"):
-        sweep = Path(job["sweep_dir"])
-        ident["group"] = f"{sweep.parent.parent.name}/{sweep.name}"   # <task_name>/<date>
-        ident["name"] = f"{cfg.task_name}-{job['num']}"
-    return ident
+        return {"job_type": "train", "name": f"{cfg.task_name}-{job['num']}",
+                "group": f"{cfg.task_name}/{Path(job['sweep_dir']).name}"}
+    return {"job_type": "train", "name": str(cfg.task_name), "group": f"{cfg.task_name}/{out_dir.name}"}
 
 
-def _make_loggers(cfg: DictConfig, job: dict) -> list:
+def _make_loggers(cfg: DictConfig, job: dict, out_dir: Path) -> list:
     loggers = []
     for c in (cfg.get("logger") or {}).values():
         if c is None or "_target_" not in c:
             continue
         kw = {}
         if c["_target_"].endswith("WandbLogger"):
-            kw = {k: v for k, v in _wandb_identity(cfg, job).items() if c.get(k) is None}
-        loggers.append(instantiate(c, **kw, _convert_="all"))
+            kw = {k: v for k, v in _wandb_identity(cfg, job, out_dir).items() if c.get(k) is None}
+        lg = instantiate(c, **kw, _convert_="all")
+        if c["_target_"].endswith("WandbLogger"):
+            # Lightning always passes wandb.init(anonymous=None), and wandb >= 0.22 warns about the
+            # setting on every run; the setting does nothing, so it is not passed
+            lg._wandb_init.pop("anonymous", None)
+        loggers.append(lg)
     return loggers
 
 
@@ -81,6 +85,14 @@ def _run_record(out_dir: Path, loggers: list) -> dict:
             exp = lg.experiment
             record.update(wandb_id=exp.id, wandb_project=exp.project, wandb_group=exp.group or None)
     return record
+
+
+def _finish_wandb() -> None:
+    """Close the wandb run, if one is open: its config and summary files are written then (and a
+    sweep runs its jobs one after the other in one process)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -116,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("compile"):
         module.net = torch.compile(module.net)
     callbacks = build_callbacks(cfg)
-    loggers = _make_loggers(cfg, job)
+    loggers = _make_loggers(cfg, job, out_dir)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     if trainer.is_global_zero:
         # the whole resolved config, once (the module and datamodule log none of their own)
@@ -131,6 +143,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     finally:
         sys.argv = argv
+    _finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     log.info("done at step %d: %s", trainer.global_step, metrics)
     return metrics
