@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -136,6 +137,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         module.run_record = _run_record(out_dir, loggers)
 
+    # the data module continues a partly done epoch itself (lic.training.datamodule), which Lightning
+    # cannot see: its warning that the loader is not resumable does not apply
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     argv = list(sys.argv)
     if job.get("multirun"):
         _ddp_children_run_this_job(job, out_dir)
