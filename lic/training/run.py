@@ -50,6 +50,22 @@ def _ddp_children_run_this_job(job: dict, out_dir: Path) -> None:
         hc.run.dir = str(out_dir)
 
 
+#: what Lightning's DDP launcher sets in its own process; a later job of the same multirun would read
+#: LOCAL_RANK as "the processes are started by someone else" and start none
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def _end_multirun_job(env_before: dict) -> None:
+    """After one job of a multirun: close its process group and put the DDP variables back."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for k in _DDP_ENV:
+        if k in env_before:
+            os.environ[k] = env_before[k]
+        else:
+            os.environ.pop(k, None)
+
+
 def _wandb_identity(cfg: DictConfig, job: dict, out_dir: Path) -> dict:
     """name / group / job_type for a wandb logger: the jobs of one sweep share a group, <task_name>/<sweep
     folder>; a single run is a group of its own, <task_name>/<run folder> (evaluate.py joins it)."""
@@ -96,8 +112,12 @@ def _finish_wandb() -> None:
         wandb.finish()
 
 
-def build_callbacks(cfg: DictConfig) -> list:
+def build_callbacks(cfg: DictConfig, with_loggers: bool = True) -> list:
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not with_loggers:   # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     ema = cfg.get("ema") or {}
     if ema.get("decay"):
         from lic.training.ema import EMA
@@ -128,8 +148,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("initialised from %s", module.init_weights_from(cfg.init_from))
     if cfg.get("compile"):
         module.net = torch.compile(module.net)
-    callbacks = build_callbacks(cfg)
     loggers = _make_loggers(cfg, job, out_dir)
+    callbacks = build_callbacks(cfg, with_loggers=bool(loggers))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     if trainer.is_global_zero:
         # the whole resolved config, once (the module and datamodule log none of their own)
@@ -140,13 +160,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the data module continues a partly done epoch itself (lic.training.datamodule), which Lightning
     # cannot see: its warning that the loader is not resumable does not apply
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    argv = list(sys.argv)
+    argv, env = list(sys.argv), {k: os.environ[k] for k in _DDP_ENV if k in os.environ}
     if job.get("multirun"):
         _ddp_children_run_this_job(job, out_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     finally:
         sys.argv = argv
+        if job.get("multirun"):
+            _end_multirun_job(env)
     _finish_wandb()
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     log.info("done at step %d: %s", trainer.global_step, metrics)
