@@ -1,5 +1,5 @@
 """Tests for LitCodec's budget LR milestones, init_weights_from (init_from), model-only gradient
-clipping, and train.py's init_from / save_final.
+clipping, and train.py's init_from / the checkpoint written when fit ends.
 
 Tiny models (N=8, 64x64 images, batch 2) on CPU: most tests drive a Lightning Trainer directly on
 random tensors; one runs train.py's body (lic.training.run.train) on composed Hydra configs.

@@ -7,16 +7,14 @@ Tiny runs as in test_training.py (whose helpers and fixtures this module uses): 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_training import (ROOT, TINY, _data, _env, _image, compose, csv_metrics, data_dirs,  # noqa: F401
+# _env (autouse: offline wandb, one thread, no shipped weights touched) and data_dirs are fixtures
+from test_training import (TINY, _data, _env, _image, compose, csv_metrics, data_dirs,  # noqa: F401
                            load_ckpt, run_train_py, train_inprocess)
 
 

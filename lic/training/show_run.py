@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RunFileError, FileNotFoundError) as e:
         print(f"show_run: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:   # the output piped into head or less, closed early
+        sys.stderr.close()
     return 0
 
 
