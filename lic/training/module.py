@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import lightning as L
 import torch
@@ -39,6 +40,10 @@ class LitCodec(L.LightningModule):
         # logger=False: train.py logs the whole Hydra config once; these would replace parts of it
         self.save_hyperparameters(logger=False)
         self._build_net(model, lmbda, train_only, mode_weights)
+        lambdas = list(self.config.lmbdas) if self.config.num_modes > 1 else [lmbda]
+        if loss == "ms-ssim" and max(lambdas) < 0.5:   # MS-SSIM lambdas are ~1000x the MSE ones
+            warnings.warn(f"loss=ms-ssim with lambdas {lambdas}: these look like MSE lambdas "
+                          "(CompressAI's MS-SSIM ones are 2.40 .. 220)", stacklevel=2)
         # training facts written into every checkpoint ("lic_train_stats"), carried across resumes
         self._stats_base = {"images_seen": 0, "pixels_seen": 0, "train_seconds": 0.0, "counted_from_step": 0}
         self._seg_images = self._seg_pixels = 0   # this session (since the start or the resume)
