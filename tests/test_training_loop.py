@@ -154,7 +154,8 @@ def test_schedule_runs(tmp_path, data_dirs, scheduler):
              "plateau": ["scheduler.patience=0", "scheduler.factor=0.5", "scheduler.threshold=10.0"]}[scheduler]
     # plateau: a threshold of 1000 % counts no validation as an improvement: the LR halves after each one
     train_inprocess(tmp_path, data_dirs, [f"scheduler={scheduler}", *extra, "trainer.max_steps=5",
-                                          "trainer.val_check_interval=1", "optimizer.lr=1e-3"])
+                                          "trainer.val_check_interval=1", "optimizer.lr=1e-3",
+                                          "model.val_real_images=0"])
     lrs = _lrs(tmp_path)
     assert {aux for _, _, aux in lrs} == {1e-3}   # the quantiles keep their rate
     main = [round(m / 1e-3, 6) for _, m, _ in lrs]
@@ -248,7 +249,7 @@ def test_validation_split_is_held_out_of_the_training_folder(tmp_path):
 
 def test_checkpoint_policy_last_k_and_best(tmp_path, data_dirs):
     train_inprocess(tmp_path, data_dirs, ["trainer.max_steps=5", "trainer.val_check_interval=1",
-                                          "callbacks.model_checkpoint.every_n_train_steps=1",
+                                          "model.val_real_images=0", "callbacks.model_checkpoint.every_n_train_steps=1",
                                           "callbacks.model_checkpoint.save_top_k=2"])
     ckpts = tmp_path / "checkpoints"
     names = sorted(p.name for p in ckpts.iterdir())
@@ -262,6 +263,7 @@ def test_checkpoint_policy_last_k_and_best(tmp_path, data_dirs):
 
 # ------------------------------------------------------------------ exact resume
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [[], ["optimizer=soap", "ema.decay=0.9"]], ids=["adam", "soap+ema"])
 def test_resume_is_exact(tmp_path, big_dirs, recipe):
     """Stop at step 3 and resume to 6 == an unbroken run to 6: weights, optimizer state, EMA.
@@ -319,6 +321,7 @@ def _sweep_folders(log_dir: Path) -> list[Path]:
     return sorted(p for p in log_dir.rglob("multirun.yaml"))
 
 
+@pytest.mark.slow
 def test_quality_sweep_writes_one_folder(tmp_path, data_dirs):
     """``train.py -m quality=q1,q2`` (no debug group, no hydra.sweep.dir): both jobs under one sweep
     folder, <log_dir>/train/multiruns/<date>/{0,1}; one wandb group for both."""
@@ -369,6 +372,7 @@ def test_slurm_sweep_folder_does_not_depend_on_the_job():
     assert raw[0]["launcher"]["submitit_folder"] == "${hydra.sweep.dir}/.submitit/%j"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", ["tensorboard", "csv"])
 def test_logger_runs_exit_0_with_panels(tmp_path, data_dirs, logger):
     out = tmp_path / "run"
