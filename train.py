@@ -1,10 +1,10 @@
-"""Train a Cheng 2020 GMM codec.  python train.py lambda=0.0067 | -m quality=1,2,3 | experiment=cpu_vr
+"""Train a learned image codec.  python train.py lambda=0.0067 | -m quality=q1,q2,q3 | experiment=cpu_vr
 
-Configs live in configs/ (Hydra); every run writes its resolved config, checkpoints and
-logs into its own folder under logs/.  Resume with ckpt_path=.../checkpoints/last.ckpt.
+Configs live in configs/ (Hydra); every run writes its resolved config, checkpoints and logs
+into its own folder under logs/ (a sweep: one folder, a subfolder per job).  Resume with
+ckpt_path=.../checkpoints/last.ckpt.
 """
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +21,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    from lic.training.overrides import quote_numeric_choices
-
-    # Hydra reads quality=3 as an int and refuses it for a config group: quote such numbers
-    sys.argv = quote_numeric_choices(sys.argv, os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))
     main()

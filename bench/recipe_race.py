@@ -1,11 +1,11 @@
 """Race training recipes at equal wall-clock time, then score each on real Kodak files.
 
-    python bench/recipe_race.py [--minutes 20] [--parallel 2] [--images 8] [--out logs/race]
-                                [--only NAME ...] [--device cpu|gpu]
+    python bench/recipe_race.py [--race recipes|optimizers] [--minutes 20] [--parallel 2] [--images 8]
+                                [--out logs/race] [--only NAME ...] [--device cpu|gpu]
 
 Each candidate is `train.py experiment=cpu_single lambda=0.0067` plus its overrides, run for the
 same `trainer.max_time` from scratch (one torch thread each on the CPU, `--parallel` at a time),
-ending with its `final.ckpt`.  Each is then scored on the first `--images` Kodak images with real
+ending with its last checkpoint.  `--race optimizers` races Adam against SOAP (docs/training.md).  Each is then scored on the first `--images` Kodak images with real
 files (bpp of the whole file, PSNR), against JPEG (Pillow, 4:2:0) measured on the same images:
 "dB over JPEG" is the PSNR gain at the candidate's own bpp (JPEG interpolated in log-bpp).  A
 single-rate model gives one point, so this is a gain at one rate, not a BD-rate.
@@ -26,14 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # name -> overrides on top of experiment=cpu_single lambda=0.0067
-CANDIDATES: dict[str, list[str]] = {
+RECIPES: dict[str, list[str]] = {
     "N64 crop128 b8 lr3e-4 (issue's baseline)": [],
     "N64 crop256 b8 lr3e-4": ["data.crop=256"],
     "N64 crop64 b32 lr3e-4": ["data.crop=64", "data.batch_size=32"],
-    "N64 crop128 b8 lr1e-4": ["model.lr=1e-4"],
+    "N64 crop128 b8 lr1e-4": ["optimizer.lr=1e-4"],
     "N64 M192 crop128 b8 lr3e-4": ["+model.model.M=192"],
     "N96 crop128 b8 lr3e-4": ["model.model.N=96"],
 }
+# the same recipe (N64 crop128 b8 lr3e-4), two optimizers
+OPTIMIZERS: dict[str, list[str]] = {
+    "Adam lr3e-4": ["optimizer=adam"],
+    "SOAP lr3e-4": ["optimizer=soap"],
+}
+RACES = {"recipes": RECIPES, "optimizers": OPTIMIZERS}
 
 
 def slug(name: str) -> str:
@@ -84,6 +90,7 @@ def jpeg_on(images: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--race", choices=sorted(RACES), default="recipes")
     ap.add_argument("--minutes", type=float, default=20)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--images", type=int, default=8)
@@ -94,7 +101,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in CANDIDATES if not args.only or any(s in n for s in args.only)]
+    candidates = RACES[args.race]
+    names = [n for n in candidates if not args.only or any(s in n for s in args.only)]
 
     if not args.score_only:
         queue, running = list(names), []
@@ -102,7 +110,7 @@ def main() -> None:
         while queue or running:
             while queue and len(running) < args.parallel:
                 n = queue.pop(0)
-                running.append((n, train(n, CANDIDATES[n], args.minutes, out, args.device)))
+                running.append((n, train(n, candidates[n], args.minutes, out, args.device)))
                 print(f"[{time.time() - t0:6.0f} s] started {n}", flush=True)
             time.sleep(5)
             for n, p in list(running):
@@ -113,7 +121,7 @@ def main() -> None:
     jpeg = jpeg_on(args.images)
     rows = []
     for n in names:
-        ck = out / slug(n) / "checkpoints" / "final.ckpt"
+        ck = out / slug(n) / "checkpoints" / "last.ckpt"
         rows.append((n, score(ck, args.images, jpeg) if ck.exists() else None))
     lines = [f"Each run: {args.minutes:g} min of training from scratch ({args.device}"
              f"{', 1 thread, %d at a time' % args.parallel if args.device == 'cpu' else ''}), "
@@ -122,7 +130,7 @@ def main() -> None:
              "| candidate | overrides | steps | pixels seen | bpp | PSNR (dB) | dB over JPEG |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for n, r in rows:
-        ov = " ".join(CANDIDATES[n]) or "-"
+        ov = " ".join(candidates[n]) or "-"
         if r is None:
             lines.append(f"| {n} | `{ov}` | failed | | | | |")
         else:

@@ -82,7 +82,7 @@ def make_loader(args):
     import torch
     from torch.utils.data import DataLoader
 
-    from lic.training.datamodule import CachedImageFolder
+    from lic.training.datamodule import CachedImages, EpochSampler, list_images
 
     data = args.data or REPO.parent / "shared" / "data" / "train"
     if not data.is_dir():   # synthetic smooth images, written once to a temporary folder
@@ -99,11 +99,11 @@ def make_loader(args):
                             for _ in range(3)], -1) * .4 + .5
             img = np.clip(img * 255 + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(data / f"{i:03d}.png")
-    ds = CachedImageFolder(data, args.crop, train=True, limit=args.limit)
+    ds = CachedImages(list_images(data)[:args.limit], args.crop, train=True)
     source = f"{len(ds)} images of {data}"
     g = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(ds, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=0, generator=g,
-                        pin_memory=args.device == "cuda")
+    loader = DataLoader(ds, batch_size=args.batch, sampler=EpochSampler(len(ds), args.seed), drop_last=True,
+                        num_workers=0, generator=g, pin_memory=args.device == "cuda")
     return loader, source
 
 
@@ -181,7 +181,7 @@ def run_lightning(args, loader) -> float:
 
     torch.manual_seed(args.seed)
     cfg = model_config(args)
-    module = LitCodec(model=cfg, lmbda=LMBDA if args.num_modes <= 1 else None, lr=1e-4, aux_lr=1e-3,
+    module = LitCodec(model=cfg, lmbda=LMBDA if args.num_modes <= 1 else None,
                       val_real_images=0)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, precision="32-true",

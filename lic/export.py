@@ -86,12 +86,24 @@ def trained_facts(ckpt: dict, source: str | Path | None = None) -> dict:
             facts["mode_weights"] = list(hp["mode_weights"])
     else:
         facts["lambda"] = hp.get("lmbda")
-    for k in ("lr", "lr_milestones"):
-        if k in hp:
+    opt, sched = hp.get("optimizer") or {}, hp.get("scheduler") or {}
+    if opt:
+        facts["optimizer"], facts["lr"] = opt.get("name"), opt.get("lr")
+        facts["loss"] = hp.get("loss", "mse")
+        if sched.get("name") and sched["name"] != "multistep":
+            facts["scheduler"] = sched["name"]
+        if sched.get("milestones"):
+            facts["lr_milestones"] = list(sched["milestones"])
+    for k in ("lr", "lr_milestones"):   # checkpoints from before the optimizer / scheduler groups
+        if k in hp and k not in facts:
             facts[k] = list(hp[k]) if isinstance(hp[k], (list, tuple)) else hp[k]
     raw = ckpt.get("lic_train_stats")
-    if isinstance(raw, dict) and raw.get("init_from"):
-        facts["init_from"] = raw["init_from"]
+    if isinstance(raw, dict):
+        # the weights are the running average (ema_decay) or not; the run that wrote them; its start
+        facts["ema_decay"] = raw.get("ema_decay")
+        for k in ("run", "init_from"):
+            if raw.get(k):
+                facts[k] = raw[k]
     if source is not None:
         facts["checkpoint"] = Path(source).name
     if ckpt.get("pytorch-lightning_version"):

@@ -20,8 +20,7 @@ python3 -c "import torch, lightning, compressai, constriction, hydra; print('tor
 exp=experiment=gpu_vr; for a in "$@"; do [[ $a == experiment=* ]] && exp=; done
 timeout -s INT "${LIC_HARD_LIMIT:-570}" python3 train.py $exp data.train_dir=$PWD/.gpu/train \
   hydra.run.dir=$RUN "$@" 2>&1 | tee "$OUT/train.log" | grep -v -E "^\s*$|Warning|warn\(" | tail -n 40
-ck=$RUN/checkpoints/final.ckpt
-[ -f "$ck" ] || ck=$RUN/checkpoints/last.ckpt
+ck=$(readlink -f $RUN/checkpoints/last.ckpt)   # a link to the newest checkpoint, the state at the end
 if [ -f "$ck" ]; then
   # What comes back is limited (16 MiB a file, about 64 MiB in all): the full checkpoint (with
   # Adam's state, 3x the weights) comes back only when it fits; the weights-only one always

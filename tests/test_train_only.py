@@ -11,7 +11,7 @@ CFG = {"N": 8, "num_modes": 3, "lmbdas": [0.002, 0.01, 0.05], "ste_synthesis": T
 
 def test_only_the_named_parts_train_and_the_rate_cannot_change():
     torch.manual_seed(0)
-    module = LitCodec(CFG, lmbda=None, lr=1e-2, train_only=["g_s", "log_inv_gain"])
+    module = LitCodec(CFG, lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_s", "log_inv_gain"])
     opt = module.configure_optimizers()["optimizer"]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     for n, p in module.net.named_parameters():
@@ -76,7 +76,7 @@ def test_encoder_fine_tuning_with_ste_rate_trains_on_what_is_coded_and_keeps_the
     is the rounded one the coder sees (no noise), and train_only=[g_a, h_a, log_gain] changes the
     encoder alone: the decoder's parameters, hence the decoding of any given y_hat, are untouched."""
     torch.manual_seed(0)
-    module = LitCodec({**CFG, "ste_rate": True}, lmbda=None, lr=1e-2, train_only=["g_a", "h_a", "log_gain"])
+    module = LitCodec({**CFG, "ste_rate": True}, lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_a", "h_a", "log_gain"])
     assert module.net.config.to_dict()["ste_rate"] is True
     assert "ste_rate" not in LitCodec(CFG, lmbda=None).net.config.to_dict()   # older configs read the same
     net, x = module.net, torch.rand(2, 3, 64, 64)

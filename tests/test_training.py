@@ -127,7 +127,7 @@ def test_fast_dev_run_trains_and_validates(tmp_path, data_dirs):
 
 
 def test_overfit_one_batch_lowers_rd_loss(tmp_path, data_dirs):
-    train_inprocess(tmp_path, data_dirs, ["debug=overfit", "trainer.max_steps=30", "model.lr=1e-3"])
+    train_inprocess(tmp_path, data_dirs, ["debug=overfit", "trainer.max_steps=30", "optimizer.lr=1e-3"])
     losses = [v for _, v in csv_metrics(tmp_path, "train/loss")]
     assert len(losses) == 30
     initial, final = losses[0], float(np.mean(losses[-3:]))
@@ -238,7 +238,7 @@ def test_multirun_sweep_two_modes(tmp_path, data_dirs):
     """Hydra multirun over two qualities: one run and one checkpoint per mode."""
     sweep = tmp_path / "sweep"
     # quality/*.yaml set N: the command-line N=8 wins over them (overrides apply after the defaults)
-    run_train_py(["-m", "quality='1','2'", *TINY, *_data(data_dirs), "trainer.max_steps=1",
+    run_train_py(["-m", "quality=q1,q2", *TINY, *_data(data_dirs), "trainer.max_steps=1",
                   "trainer.limit_val_batches=0", f"hydra.sweep.dir={sweep}"])
     lambdas = []
     for job in ("0", "1"):
@@ -249,20 +249,14 @@ def test_multirun_sweep_two_modes(tmp_path, data_dirs):
     assert lambdas == [0.0016, 0.0032]
 
 
-def test_quality_override_unquoted():
-    """``train.py quality=2`` as documented: Hydra reads 2 as an int, train.py must quote it."""
-    r = run_train_py(["quality=2", "--cfg", "job"], timeout=120)
-    assert "lambda: 0.0032" in r.stdout and "task_name: train_q2" in r.stdout
-
-
-def test_quote_numeric_choices():
-    from lic.training.overrides import quote_numeric_choices
-
-    argv = ["-m", "quality=1,2", "+quality=3", "lambda=0.01", "model.model.N=8", "quality=q", "seed=1"]
-    assert quote_numeric_choices(argv, CONFIG_DIR) == [
-        "-m", "quality='1','2'", "+quality='3'", "lambda=0.01", "model.model.N=8", "quality=q", "seed=1"]
-    cfg = compose(quote_numeric_choices(["quality=4"], CONFIG_DIR))
+def test_quality_configs_need_no_quoting():
+    """``train.py quality=q2`` composes as written; the quality sets lambda and N, not the run's folder."""
+    r = run_train_py(["quality=q2", "--cfg", "job", "--resolve"], timeout=120)
+    assert "lambda: 0.0032" in r.stdout and "task_name: train" in r.stdout
+    cfg = compose(["quality=q4"])
     assert cfg["lambda"] == 0.015 and cfg.model.model.N == 192
+    cfg = compose(["quality=q4", "loss=ms-ssim"])   # the loss's own lambda for the quality
+    assert cfg["lambda"] == 16.64
 
 
 def test_ddp_two_cpu_processes(tmp_path, data_dirs):
@@ -415,12 +409,12 @@ def test_crops_are_exact_and_writable(tmp_path):
     torch warns on tensors over read-only numpy memory (np.asarray of a PIL image)."""
     import warnings
 
-    from lic.training.datamodule import CachedImageFolder
+    from lic.training.datamodule import CachedImages
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "a.png")
-    ds = CachedImageFolder(tmp_path, crop=32, train=False)
+    ds = CachedImages([tmp_path / "a.png"], crop=32, train=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         x = ds[0]
@@ -435,7 +429,8 @@ def test_every_experiment_config_builds_its_model(experiment):
     from hydra.utils import instantiate
 
     cfg = compose([f"experiment={experiment}"])
-    module = instantiate(cfg.model, _convert_="all")
+    module = instantiate(cfg.model, loss=cfg.loss.metric, optimizer=cfg.optimizer, scheduler=cfg.scheduler,
+                         _convert_="all")
     c = module.net.config
     assert c.num_modes == len(c.lmbdas) if c.num_modes > 1 else c.num_modes == 1
     widths = {"gpu_vr_m192": (64, 192, 64), "gpu_vr_m192s160": (64, 192, 160), "gpu_vr": (64, 64, 64)}

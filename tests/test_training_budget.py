@@ -1,5 +1,5 @@
 """Tests for LitCodec's budget LR milestones, init_weights_from (init_from), model-only gradient
-clipping, and train.py's init_from / save_final.
+clipping, and train.py's init_from / the checkpoint written when fit ends.
 
 Tiny models (N=8, 64x64 images, batch 2) on CPU: most tests drive a Lightning Trainer directly on
 random tensors; one runs train.py's body (lic.training.run.train) on composed Hydra configs.
@@ -51,7 +51,8 @@ def _loader() -> DataLoader:
 
 def _module(**kw) -> LitCodec:
     torch.manual_seed(0)
-    kw = {"lmbda": 0.01, "lr": LR, "aux_lr": AUX_LR, "val_real_images": 0, "lr_gamma": 0.1, **kw}
+    sched = {"name": "multistep", "gamma": 0.1, "budget_milestones": kw.pop("lr_budget_milestones", [])}
+    kw = {"lmbda": 0.01, "optimizer": {"lr": LR, "aux_lr": AUX_LR}, "val_real_images": 0, "scheduler": sched, **kw}
     return LitCodec({"N": 8}, **kw)
 
 
@@ -327,7 +328,7 @@ def test_trainer_clips_through_the_override(monkeypatch):
         assert max_norm == 1.0 and not ids & quantiles and ids <= model and len(ids) > 0.9 * len(model)
 
 
-# ------------------------------------------------------------------ train.py: init_from and save_final
+# ------------------------------------------------------------------ train.py: init_from and the final checkpoint
 
 TINY = ["model=cheng2020_vr", "model.model.N=8", "model.val_real_images=0", "data.crop=64", "data.val_crop=64",
         "data.batch_size=2", "data.val_batch_size=2", "data.train_limit=4", "data.val_limit=2",
@@ -359,31 +360,32 @@ def _train(out: Path, data_dirs, overrides: list[str]) -> None:
     train(cfg)
 
 
-def test_train_init_from_and_save_final(tmp_path, data_dirs):
+def test_train_init_from_and_final_checkpoint(tmp_path, data_dirs):
     from lic.export import trained_facts
     from lic.weights import load_checkpoint
 
     lm1 = [0.0016, 0.0032, 0.0075, 0.015, 0.03, 0.045]
     lm2 = [0.0032, 0.0032, 0.0075, 0.015, 0.03, 0.09]
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
-    # no periodic or last checkpoint: final.ckpt is save_final's
+    # no periodic checkpoint before the end: the one written when fit ends (step 3)
     _train(run1, data_dirs, ["trainer.max_steps=3", "callbacks.model_checkpoint.every_n_train_steps=100",
-                             "callbacks.model_checkpoint.save_last=false", f"model.model.lmbdas={lm1}"])
-    final1 = run1 / "checkpoints" / "final.ckpt"
+                             f"model.model.lmbdas={lm1}"])
+    final1 = run1 / "checkpoints" / "step0000003.ckpt"
+    assert (run1 / "checkpoints" / "last.ckpt").resolve() == final1.resolve()
     c1 = torch.load(final1, map_location="cpu", weights_only=True)
     assert c1["global_step"] == 3 and "init_from" not in c1["lic_train_stats"]
 
     # run 2 starts from run 1 with other lambdas; lr 0 keeps the weights where init_from put them
     _train(run2, data_dirs, ["trainer.max_steps=2", f"init_from={final1}", f"model.model.lmbdas={lm2}",
-                             "model.lr=0", "model.aux_lr=0", "model.lr_budget_milestones=[0.5]"])
-    c2 = torch.load(run2 / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)
+                             "optimizer.lr=0", "optimizer.aux_lr=0", "scheduler.budget_milestones=[0.5]"])
+    c2 = torch.load(run2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert c2["global_step"] == 2 and c2["lic_lr_budget_drops"] == [1]
     init = c2["lic_train_stats"]["init_from"]
     assert init["from"] == str(final1) and init["lmbdas"] == pytest.approx(lm1)
     assert trained_facts(c2)["init_from"] == init
     assert c2["lic_train_stats"]["steps"] == 2 and c2["lic_train_stats"]["images_seen"] == 4   # run 2 only
 
-    w1, w2 = load_checkpoint(final1).state_dict(), load_checkpoint(run2 / "checkpoints" / "final.ckpt").state_dict()
+    w1, w2 = load_checkpoint(final1).state_dict(), load_checkpoint(run2 / "checkpoints" / "last.ckpt").state_dict()
     shift = torch.tensor([0.5 * math.log(b / a) for a, b in zip(lm1, lm2)])[:, None]
     torch.testing.assert_close(w2["log_gain"], w1["log_gain"] + shift, rtol=0, atol=1e-6)
     torch.testing.assert_close(w2["log_inv_gain"], w1["log_inv_gain"] - shift, rtol=0, atol=1e-6)
@@ -393,6 +395,8 @@ def test_train_init_from_and_save_final(tmp_path, data_dirs):
     with pytest.raises(ValueError, match="init_from"):
         _train(tmp_path / "both", data_dirs, ["trainer.max_steps=1", f"init_from={final1}", f"ckpt_path={final1}"])
 
+    # a periodic checkpoint at the last step: no second copy of it
     run3 = tmp_path / "run3"
-    _train(run3, data_dirs, ["trainer.max_steps=1", "save_final=false"])
-    assert (run3 / "checkpoints" / "last.ckpt").exists() and not (run3 / "checkpoints" / "final.ckpt").exists()
+    _train(run3, data_dirs, ["trainer.max_steps=2", "callbacks.model_checkpoint.every_n_train_steps=1"])
+    assert sorted(p.name for p in (run3 / "checkpoints").iterdir()) == ["last.ckpt", "step0000001.ckpt",
+                                                                       "step0000002.ckpt"]

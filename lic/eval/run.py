@@ -1,6 +1,7 @@
 """The body of ``evaluate.py``: the learned codec and the classical ones on real files."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -39,13 +40,40 @@ def build_codec(cfg: DictConfig) -> LicCodec:
     return LicCodec.shipped(m.name, modes, m.label, refine=refine, adapt=adapt)
 
 
+def scored_runs(paths: list[str]) -> list[dict]:
+    """The training run behind each scored checkpoint: ``lic_train_stats`` of a ``.ckpt``, the training
+    record (``lic_trained``) exported into a ``.safetensors``.  ``run`` holds the run's folder and wandb
+    id and group (``None`` for weights from before runs were recorded)."""
+    out = []
+    for p in paths:
+        try:
+            if str(p).endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(p), framework="pt") as f:
+                    trained = json.loads((f.metadata() or {}).get("lic_trained") or "{}")
+            else:
+                trained = torch.load(str(p), map_location="cpu", weights_only=True).get("lic_train_stats") or {}
+        except Exception:  # noqa: BLE001 - the link is a nicety; the scoring already read the file
+            trained = {}
+        out.append({"checkpoint": str(p), "steps": trained.get("steps"), "ema_decay": trained.get("ema_decay"),
+                    "run": trained.get("run")})
+    return out
+
+
 def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
+    config = OmegaConf.to_container(cfg, resolve=True)
+    group = None
+    if cfg.model.checkpoints:
+        # linked to the training runs it scored: their ids in the config, and the first one's wandb group
+        config["scored"] = scored_runs(list(cfg.model.checkpoints))
+        group = next((s["run"].get("wandb_group") for s in config["scored"] if s["run"]), None)
     run = wandb.init(project=cfg.wandb.project, job_type="eval", dir=str(out), name=f"eval-{cfg.dataset.name}",
-                     config=OmegaConf.to_container(cfg, resolve=True), mode=os.environ["WANDB_MODE"])
+                     group=group, config=config, mode=os.environ["WANDB_MODE"])
     rows = [[c.label, s, b, p] for c in result.curves for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
     run.log({"rd_points": wandb.Table(columns=["codec", "setting", "bpp", "psnr"], data=rows)})
     for key, path in result.files.items():

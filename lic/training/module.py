@@ -1,35 +1,66 @@
-"""LightningModule: trains ``Cheng2020GMM`` on the rate-distortion loss with noise quantization.
+"""LightningModule: trains ``Cheng2020GMM`` on a rate-distortion loss with noise quantization.
 
-One optimizer with two parameter groups (the model, and the entropy bottleneck's
-quantiles with their own learning rate) minimises rd_loss + aux_loss: the RD loss
-puts no gradient on the quantiles, so this equals CompressAI's two-optimizer
-recipe while Lightning's ``global_step`` advances once per batch.
+The parts, each in its own module: the loss (``lic.training.losses``, ``loss=mse | ms-ssim``), the
+optimizer and LR schedule (``lic.training.optim``, ``optimizer=`` / ``scheduler=``), the weight
+average (``lic.training.ema``, a callback), the dashboards (``lic.training.dashboard``).  This
+class builds the network, runs the steps and validation, and keeps what a checkpoint must carry
+for an exact resume (the training facts, the LR budget drops, the RNG state).
 """
 from __future__ import annotations
 
 import json
-import math
 import time
+import warnings
 
 import lightning as L
 import torch
 
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
-from lic.training.losses import rate_distortion_loss
+from lic.training.losses import METRICS, rate_distortion_loss
+from lic.training.optim import build_optimizer, build_scheduler
 
 # the entropy bottleneck's coding tables: empty until update(), sized by it
 _TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
 
+DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-4, "aux_lr": 1e-3}
+DEFAULT_SCHEDULER = {"name": "multistep"}
+
 
 class LitCodec(L.LightningModule):
-    def __init__(self, model: dict, lmbda: float | None = 0.0067, lr: float = 1e-4, aux_lr: float = 1e-3,
-                 lr_milestones: list[int] | tuple[int, ...] = (), lr_gamma: float = 0.1, warmup_steps: int = 0,
+    def __init__(self, model: dict, lmbda: float | None = 0.0067, loss: str = "mse",
+                 optimizer: dict | None = None, scheduler: dict | None = None,
                  val_real_images: int = 2, val_modes: list[float] | None = None,
-                 lr_budget_milestones: list[float] | tuple[float, ...] = (),
                  train_only: list[str] | tuple[str, ...] | None = None,
                  mode_weights: list[float] | tuple[float, ...] | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        if loss not in METRICS:
+            raise ValueError(f"loss {loss!r}: one of {METRICS}")
+        optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+        scheduler = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        # logger=False: train.py logs the whole Hydra config once; these would replace parts of it
+        self.save_hyperparameters(logger=False)
+        self._build_net(model, lmbda, train_only, mode_weights)
+        lambdas = list(self.config.lmbdas) if self.config.num_modes > 1 else [lmbda]
+        if loss == "ms-ssim" and max(lambdas) < 0.5:   # MS-SSIM lambdas are ~1000x the MSE ones
+            warnings.warn(f"loss=ms-ssim with lambdas {lambdas}: these look like MSE lambdas "
+                          "(CompressAI's MS-SSIM ones are 2.40 .. 220)", stacklevel=2)
+        # training facts written into every checkpoint ("lic_train_stats"), carried across resumes
+        self._stats_base = {"images_seen": 0, "pixels_seen": 0, "train_seconds": 0.0, "counted_from_step": 0}
+        self._seg_images = self._seg_pixels = 0   # this session (since the start or the resume)
+        self._seg_t0: float | None = None
+        # steps at which a budget milestone dropped the LR (saved in checkpoints, so drops survive resumes)
+        self._budget_drops: list[int] = []
+        self._train_device: str | None = None   # read at train start (see on_train_start)
+        self.run_record: dict = {}               # where the run logs (set by lic.training.run)
+        self._val_step: int | None = None         # global step of the last validation
+        self._plateau_step: int | None = None     # the validation the plateau schedule last saw
+        self._rng_before_val: dict | None = None
+        self._val_real: dict | None = None        # this validation's real-bitstream results (dashboard)
+        self.flops_per_batch = None               # read by Lightning's ThroughputMonitor; not measured
+
+    # ------------------------------------------------------------------ the network
+
+    def _build_net(self, model: dict, lmbda, train_only, mode_weights) -> None:
         self.config = ModelConfig.from_dict(model)
         self.net = Cheng2020GMM(self.config)
         if train_only:   # e.g. [g_s, log_inv_gain]: the rest frozen (not in the optimizer)
@@ -56,24 +87,21 @@ class LitCodec(L.LightningModule):
             raise ValueError("mode_weights: only for a variable-rate model (num_modes > 1)")
         elif lmbda is None:
             raise ValueError("a single-rate model needs lmbda")
-        self._t_last = None
-        # training facts written into every checkpoint ("lic_train_stats"), carried across resumes
-        self._stats_base = {"images_seen": 0, "pixels_seen": 0, "train_seconds": 0.0, "counted_from_step": 0}
-        self._seg_images = self._seg_pixels = 0   # this session (since the start or the resume)
-        self._seg_t0: float | None = None
-        # steps at which a budget milestone dropped the LR (saved in checkpoints, so drops survive resumes)
-        self._budget_drops: list[int] = []
-        self._train_device: str | None = None   # read at train start (see on_train_start)
 
-    # the 0-based modes validated for a variable-rate model (default: lowest, middle, highest)
+    # the 0-based modes validated for a variable-rate model (default: every mode)
     def _val_modes(self) -> list[float | None]:
         n = self.config.num_modes
         if n <= 1:
             return [None]
-        return list(self.hparams.val_modes or sorted({0, (n - 1) // 2, n - 1}))
+        return list(self.hparams.val_modes or range(n))
+
+    def _lmbda(self, q: float | None) -> float:
+        return self.hparams.lmbda if q is None else float(self.lmbdas[int(q)])
 
     def forward(self, x, mode=None):
         return self.net(x, mode)
+
+    # ------------------------------------------------------------------ steps
 
     def training_step(self, x, batch_idx):
         B = x.shape[0]
@@ -90,63 +118,101 @@ class LitCodec(L.LightningModule):
         else:
             lmbda = self.hparams.lmbda
             out = self.net(x)
-        rd = rate_distortion_loss(out, x, lmbda)
+        rd = rate_distortion_loss(out, x, lmbda, self.hparams.loss)
         aux = self.net.aux_loss()
-        now = time.perf_counter()
-        if self._t_last is not None:
-            self.log("train/sec_per_step", now - self._t_last, on_step=True)
-        self._t_last = now
-        self.log_dict({"train/loss": rd.loss, "train/bpp_est": rd.bpp_est, "train/mse": rd.mse,
-                       "train/psnr": rd.psnr, "train/aux_loss": aux}, on_step=True, prog_bar=False)
+        logs = {"train/loss": rd.loss, "train/bpp_est": rd.bpp_est, "train/mse": rd.mse,
+                "train/psnr": rd.psnr, "train/aux_loss": aux}
+        if rd.ms_ssim is not None:
+            logs["train/ms_ssim"] = rd.ms_ssim
+        self.log_dict(logs, on_step=True, prog_bar=False)
         self.log("train/loss_pb", rd.loss, prog_bar=True, logger=False)
         return rd.loss + aux
 
     def validation_step(self, x, batch_idx):
+        losses = []
         for q in self._val_modes():
-            out = self.net(x, q)
-            lmbda = self.hparams.lmbda if q is None else float(self.lmbdas[int(q)])
-            rd = rate_distortion_loss(out, x, lmbda)
+            rd = rate_distortion_loss(self.net(x, q), x, self._lmbda(q), self.hparams.loss)
             sfx = "" if q is None else f"_q{int(q) + 1}"
-            self.log_dict({f"val/loss{sfx}": rd.loss, f"val/bpp_est{sfx}": rd.bpp_est, f"val/psnr{sfx}": rd.psnr},
-                          batch_size=x.shape[0], sync_dist=True)
-            if batch_idx == 0 and self.hparams.val_real_images > 0:
-                self._log_real(x[: self.hparams.val_real_images], q, sfx)
+            logs = {f"val/loss{sfx}": rd.loss, f"val/bpp_est{sfx}": rd.bpp_est, f"val/psnr{sfx}": rd.psnr}
+            if rd.ms_ssim is not None:
+                logs[f"val/ms_ssim{sfx}"] = rd.ms_ssim
+            self.log_dict(logs, batch_size=x.shape[0], sync_dist=True)
+            losses.append(rd.loss)
+        if len(losses) > 1:   # a variable-rate model's objective: the mean over its modes
+            self.log("val/loss", torch.stack(losses).mean(), batch_size=x.shape[0], sync_dist=True)
+        if batch_idx == 0 and self.hparams.val_real_images > 0:
+            self._val_real = self._real_bitstreams(x[: self.hparams.val_real_images])
 
     @torch.no_grad()
-    def _log_real(self, x, q, sfx):
-        """Real bitstreams on a few validation crops: bytes of the whole .lic file, header included."""
+    def _real_bitstreams(self, x) -> dict:
+        """Real files for a few validation crops, at every mode: bytes of the whole .lic file, header included.
+
+        Returns the originals, the decoded images per 1-based mode and the RD point of each mode
+        (mean bpp and PSNR over the crops), for the dashboard.
+        """
         from lic import codec, io
+        from lic.eval.metrics import psnr
+        from lic.weights import fingerprint
 
         self.net.update(force=True)
-        bpps, psnrs = [], []
-        for xi in x:
-            pixels = io.from_tensor(xi[None])
-            mode = 1.0 if q is None else q + 1.0
-            data = codec.encode_with_net(self.net, pixels, mode=mode)
-            rec = codec.decode_with_net(self.net, data)
-            bpps.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
-            mse = ((rec.astype("float64") - pixels.astype("float64")) ** 2).mean()
-            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
-        self.log_dict({f"val/bpp{sfx}": sum(bpps) / len(bpps), f"val/psnr_real{sfx}": sum(psnrs) / len(psnrs)},
-                      batch_size=len(bpps), sync_dist=True)
+        fp = fingerprint(self.net)
+        originals = [io.from_tensor(xi[None]) for xi in x]   # (H, W, 3) uint8
+        modes = [1.0] if self.config.num_modes <= 1 else [float(m) for m in range(1, self.config.num_modes + 1)]
+        decoded, points = {}, []
+        for mode in modes:
+            recs, bpps, psnrs = [], [], []
+            for pixels in originals:
+                data = codec.encode_with_net(self.net, pixels, mode=mode, fp=fp)
+                rec = codec.decode_with_net(self.net, data, fp=fp)
+                recs.append(rec)
+                bpps.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
+                psnrs.append(min(psnr(pixels, rec), 100.0))
+            sfx = "" if self.config.num_modes <= 1 else f"_q{int(mode)}"
+            bpp, p = sum(bpps) / len(bpps), sum(psnrs) / len(psnrs)
+            self.log_dict({f"val/bpp{sfx}": bpp, f"val/psnr_real{sfx}": p}, batch_size=len(bpps), sync_dist=True)
+            decoded[mode] = recs
+            points.append({"mode": mode, "bpp": bpp, "psnr": p})
+        return {"originals": originals, "decoded": decoded, "points": points}
+
+    # ------------------------------------------------------------------ validation bookkeeping
+
+    def on_validation_start(self):
+        # validation must not move the training RNG (noise, mode draws): a resumed run, which
+        # skips the validation at its checkpoint's step, then draws the same numbers
+        self._rng_before_val = _rng_state()
+
+    def on_validation_end(self):
+        if self._rng_before_val is not None:
+            _set_rng_state(self._rng_before_val)
+            self._rng_before_val = None
+
+    def on_validation_epoch_end(self):
+        trainer = self._trainer
+        if trainer is None or trainer.sanity_checking:
+            return
+        self._val_step = int(trainer.global_step)
+        real, self._val_real = self._val_real, None
+        if real is not None and trainer.is_global_zero:
+            from lic.training.dashboard import log_validation
+
+            log_validation(trainer, self._val_step, real)
+
+    # ------------------------------------------------------------------ optimization
 
     def configure_optimizers(self):
-        aux = [p for n, p in self.net.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
-        main = [p for n, p in self.net.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
-        groups = [{"params": main, "lr": self.hparams.lr}]
-        if aux:   # (train_only may freeze the entropy bottleneck)
-            groups.append({"params": aux, "lr": self.hparams.aux_lr})
-        opt = torch.optim.Adam(groups)
-        milestones = sorted(self.hparams.lr_milestones or [])
-        gamma, warm = self.hparams.lr_gamma, self.hparams.warmup_steps
+        opt = build_optimizer(self.net, self.hparams.optimizer)
+        max_steps = self._trainer.max_steps if self._trainer is not None else None
+        sched = build_scheduler(opt, self.hparams.scheduler, max_steps=max_steps, budget_drops=self._budget_drops)
+        return {"optimizer": opt, "lr_scheduler": sched}
 
-        def factor(step: int) -> float:
-            f = gamma ** (sum(step >= m for m in milestones) + sum(step >= m for m in self._budget_drops))
-            return f * min(1.0, (step + 1) / warm) if warm else f
-
-        # the aux group keeps its rate: quantiles must keep tracking the latents
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [factor, lambda step: 1.0][: len(groups)])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def lr_scheduler_step(self, scheduler, metric):
+        """The plateau schedule steps once per validation, on its loss; the others every step."""
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if metric is not None and self._val_step is not None and self._val_step != self._plateau_step:
+                scheduler.step(metric)
+                self._plateau_step = self._val_step
+            return
+        scheduler.step()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the model's gradients only, never the entropy bottleneck's quantiles (group 1).
@@ -201,9 +267,9 @@ class LitCodec(L.LightningModule):
         return max(fracs)
 
     def on_train_batch_start(self, batch, batch_idx):
-        """``lr_budget_milestones``: multiply the LR by ``lr_gamma`` once at each of these fractions of
-        the budget (a run bounded by ``trainer.max_time`` cannot know its step milestones ahead)."""
-        todo = sorted(self.hparams.lr_budget_milestones or [])[len(self._budget_drops):]
+        """``scheduler.budget_milestones`` (multistep): multiply the LR by ``gamma`` once at each of these
+        fractions of the budget (a run bounded by ``trainer.max_time`` cannot know its step milestones ahead)."""
+        todo = sorted(self.hparams.scheduler.get("budget_milestones") or [])[len(self._budget_drops):]
         if not todo:
             return
         # rank 0 decides: each DDP rank's Timer reads its own clock, and ranks that dropped at
@@ -253,13 +319,24 @@ class LitCodec(L.LightningModule):
                 # > 0: a checkpoint from before these stats existed was resumed; the counts before
                 # this step are estimates (steps x batch) and its training time is not included
                 "counted_from_step": int(base.get("counted_from_step", 0)),
+                # the weights of the checkpoint's state_dict: the running average (ema.decay) or None
+                "ema_decay": self._ema_decay(),
+                # where the run logged (its folder, the wandb run id and group): evaluate.py links to it
+                **({"run": dict(self.run_record)} if self.run_record else {}),
                 # the run these weights started from (init_from), whose training is not counted above
                 **({"init_from": base["init_from"]} if base.get("init_from") else {})}
+
+    def _ema_decay(self) -> float | None:
+        from lic.training.ema import EMA
+
+        callbacks = self._trainer.callbacks if self._trainer is not None else []
+        return next((c.decay for c in callbacks if isinstance(c, EMA) and c.shadow is not None), None)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["lic_model_config"] = json.dumps(self.config.to_dict())
         checkpoint["lic_train_stats"] = self.train_stats()
         checkpoint["lic_lr_budget_drops"] = list(self._budget_drops)
+        checkpoint["lic_rng"] = _rng_state()   # the noise and mode draws continue exactly on resume
 
     def on_load_checkpoint(self, checkpoint):
         from lic.export import checkpoint_train_stats
@@ -272,8 +349,27 @@ class LitCodec(L.LightningModule):
         if isinstance(raw, dict) and raw.get("init_from"):
             self._stats_base["init_from"] = raw["init_from"]
         self._budget_drops = [int(s) for s in checkpoint.get("lic_lr_budget_drops", [])]
+        if checkpoint.get("lic_rng"):
+            _set_rng_state(checkpoint["lic_rng"])
+        # a checkpoint of a run with ema.decay holds the average in state_dict: resume the training weights
+        from lic.training.ema import use_training_weights
+
+        use_training_weights(checkpoint)
         self._seg_images = self._seg_pixels = 0
         self._seg_t0 = None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _device_name(device: torch.device) -> str:
