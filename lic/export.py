@@ -103,8 +103,7 @@ def load_training_checkpoint(path: str | Path):
     """(net, checkpoint dict) from a lic Lightning checkpoint, loaded with weights_only=True."""
     import torch
 
-    from lic.models.cheng2020 import ModelConfig
-    from lic.weights import WeightsError, _build
+    from lic.weights import LEGACY_ARCH, WeightsError, _build
 
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -115,7 +114,8 @@ def load_training_checkpoint(path: str | Path):
     if not isinstance(ckpt, dict) or "lic_model_config" not in ckpt or "state_dict" not in ckpt:
         raise ExportError(f"{path}: not a lic training checkpoint (no lic_model_config / state_dict)")
     try:
-        config = ModelConfig.from_dict(json.loads(ckpt["lic_model_config"]))
+        config = json.loads(ckpt["lic_model_config"])
+        arch = str(ckpt.get("lic_arch", LEGACY_ARCH))
     except Exception as e:  # noqa: BLE001
         raise ExportError(f"{path}: bad model config in the checkpoint ({type(e).__name__})") from None
     state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -125,7 +125,7 @@ def load_training_checkpoint(path: str | Path):
     if bad:
         raise ExportError(f"{path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}): refusing to export")
     try:
-        net = _build(config, state, str(path))
+        net = _build(arch, config, state, str(path))
     except WeightsError as e:
         raise ExportError(str(e)) from None
     return net, ckpt
