@@ -94,8 +94,8 @@ def per_tile_reconstruction(net, pixels: np.ndarray, tile_size: int, q) -> np.nd
 
     h, w = pixels.shape[:2]
     out = np.empty_like(pixels)
-    for top, left, th, tw in codec.tile_grid(h, w, tile_size):
-        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]))
+    for top, left, th, tw in codec.tile_grid(h, w, tile_size, net.downsampling):
+        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]), net.downsampling)
         ch, cw = min(th, h - top), min(tw, w - left)
         out[top:top + ch, left:left + cw] = io.from_tensor(net.reconstruct(x, q)[:, :, :ch, :cw])
     return out

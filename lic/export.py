@@ -183,25 +183,31 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False
 
 
 def register(entry: dict, registry: str | Path, default: bool = False) -> list[dict]:
-    """Add ``entry`` to ``registry`` (replacing the entry for the same file); returns the models."""
+    """Add ``entry`` to ``registry`` (replacing the entry for the same file); returns the models.
+
+    ``default``: the entry becomes the default model, and its modes the whole mode ladder (a
+    ``ladder`` the registry had is dropped: ``lic.weights`` then derives it from the default)."""
     registry = Path(registry)
-    models: list[dict] = []
+    doc: dict = {"models": []}
     if registry.exists():
         try:
-            models = list(json.loads(registry.read_text())["models"])
+            doc = json.loads(registry.read_text())
+            doc["models"] = list(doc["models"])
         except (ValueError, KeyError, TypeError) as e:
             raise ExportError(f"{registry}: not a registry ({type(e).__name__}); fix or remove it") from None
+    models = doc["models"]
     entry = dict(entry)
     old = next((i for i, e in enumerate(models) if e.get("file") == entry["file"]), None)
     entry["default"] = bool(default or (old is not None and models[old].get("default")))
     if default:
         for e in models:
             e["default"] = False
+        doc.pop("ladder", None)
     if old is None:
         models.append(entry)
     else:
         models[old] = entry
-    text = json.dumps({"models": models}, indent=2) + "\n"
+    text = json.dumps(doc, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=registry.parent)
     _usual_mode(tmp)
     try:

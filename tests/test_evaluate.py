@@ -316,7 +316,7 @@ def test_bit_map_tiled_and_hyper_bits():
     y_real = sum(8 * len(s) - 32 for s in y_streams)
     assert 0 <= y_real - bm.y_total <= 64 * len(y_streams)       # 18 small streams: termination only
     # per-tile z costs are CompressAI's table frequencies: a tile's z is under 1 word + the 64-bit state away
-    x = codec.pad(torch.from_numpy(pixels[:64, :64]).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(pixels[:64, :64]).permute(2, 0, 1)[None].float() / 255, net.downsampling)
     with torch.no_grad():
         zb = hyper_bits(net, net.h_a(net.g_a(x)))
     assert zb.shape == (net.config.N, 1, 1)
