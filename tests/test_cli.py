@@ -93,7 +93,7 @@ def test_version_and_help_do_not_import_torch(tool, main):
     ("encode.py", ["x.png", "--refine", "-1"], "must be 0 to 100000"),
     ("encode.py", ["x.png", "--refine", "ten"], "invalid number of steps"),
     ("encode.py", ["x.png", "--model", "jpeg"], "unknown model 'jpeg'"),
-    ("encode.py", ["x.png", "--model", "7"], "unknown model '7'"),
+    ("encode.py", ["x.png", "--model", str(len(MODEL_IDS) + 1)], f"unknown model '{len(MODEL_IDS) + 1}'"),
     ("encode.py", ["x.png", "-v", "--quiet"], "not allowed with"),
     ("encode.py", ["-"], "-o OUT is required"),
     ("decode.py", ["-"], "-o OUT is required"),

@@ -239,8 +239,10 @@ def test_from_checkpoints_variable_rate(tmp_path):
     export(tiny_net(num_modes=3), p)
     c = LicCodec.from_checkpoints([p])
     assert c.settings == [1.0, 2.0, 3.0]
-    assert len({id(m) for m in c.models.values()}) == 1
-    assert LicCodec.from_checkpoints([p], modes=[1.5, 3]).settings == [1.5, 3.0]
+    assert len({id(m.net) for m in c.models.values()}) == 1                  # one network serves every mode
+    assert [(m.mode, m.mode_frac) for m in c.models.values()] == [(1, 0), (2, 0), (3, 0)]
+    c = LicCodec.from_checkpoints([p], modes=[1.5, 3])
+    assert c.settings == [1.5, 3.0] and (c.models[1.5].mode, c.models[1.5].mode_frac) == (1, 128)
 
 
 # --------------------------------------------------------------------------- side by side
