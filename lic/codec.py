@@ -178,6 +178,7 @@ def encode_with_net(net: LicModel, pixels: np.ndarray, mode: float = 1.0, fp: in
     if version < net.format.since:
         raise ValueError(f"model {net.format.name} cannot be written in format version {version}")
     m, frac, q, pixels = prepare_input(net, pixels, mode)
+    fp = fingerprint(net) if fp is None else fp     # of the weights as they are before any coding
     refining = refine is not None and refine.steps > 0
     if refining and not can_refine(net):
         raise ValueError(f"the {net.arch} model cannot refine its latent (--refine): it has no "
@@ -209,7 +210,7 @@ def encode_with_net(net: LicModel, pixels: np.ndarray, mode: float = 1.0, fp: in
             flags, version = container.FLAG_SYNTHESIS_UPDATE, 3
     lh, lw = container.latent_size(h, w, net.downsampling)
     header = Header(model_id=net.model_id, mode=m, mode_frac=frac,
-                    fingerprint=fingerprint(net) if fp is None else fp, height=h, width=w, channels=3,
+                    fingerprint=fp, height=h, width=w, channels=3,
                     latent_channels=net.latent_channels, latent_height=lh, latent_width=lw, tile_size=t,
                     version=version, flags=flags)
     return container.pack(header, streams)

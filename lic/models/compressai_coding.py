@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.layers import MaskedConv2d
 from torch import Tensor
 
 from lic.entropy.quantize import QuantMode
@@ -56,6 +57,24 @@ class CompressAIModel(LicModel):
         config = config if config is not None else self.Config(**kwargs)
         super().__init__(**self.compressai_args(config))
         self.config = config
+        self.mask_context_weights()
+
+    def mask_context_weights(self) -> None:
+        """Zero the masked taps of every context convolution in the stored weights.
+
+        CompressAI's ``MaskedConv2d`` zeroes them in place on each forward (``weight.data *= mask``),
+        so a trained network stores them zeroed, but a fresh one or a state dict that was never
+        run does not, and the weights (and the fingerprint written in files) would change under
+        the encoder's feet.  Masked once here and after every load, a forward changes nothing."""
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, MaskedConv2d):
+                    m.weight.mul_(m.mask)
+
+    def load_state_dict(self, state_dict, strict: bool = True, **kwargs):
+        out = super().load_state_dict(state_dict, strict=strict)   # CompressAI's: sizes the coding tables
+        self.mask_context_weights()
+        return out
 
     @staticmethod
     def compressai_args(config) -> dict:
