@@ -231,3 +231,101 @@ def test_export_from_compressai_refuses_what_it_cannot_read(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("lic.export: error: ") for line in err), err
     with pytest.raises(SystemExit):
         main(["--from-compressai", str(src), "-o", str(out)])     # no --arch: a usage error
+
+
+# ------------------------------------------------------------------ training every architecture
+
+CONFIG_DIR = REPO / "configs"
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    for name, n, seed in (("train", 4, 0), ("val", 2, 100)):
+        (root / name).mkdir()
+        for i in range(n):
+            Image.fromarray(random_image(64, 64, seed=seed + i)).save(root / name / f"{i}.png")
+    return root
+
+
+def _train_overrides(arch: str, image_dirs, out) -> list[str]:
+    sizes = [f"model.model.{k}={v}" for k, v in TINY_CONFIGS[arch].items()]
+    return [f"model={arch}", *sizes, "lambda=0.01", "debug=fast_dev_run", "data.crop=64", "data.val_crop=64",
+            "data.batch_size=2", "data.val_batch_size=1", f"data.train_dir={image_dirs / 'train'}",
+            f"data.val_dir={image_dirs / 'val'}", "model.val_real_images=1", "threads=1", "logger=csv",
+            "trainer.enable_model_summary=false", f"paths.output_dir={out}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_architecture_trains_through_the_lightning_loop(arch, image_dirs, tmp_path, monkeypatch):
+    """train.py model=ARCH debug=fast_dev_run: one step, one validation with real bitstreams; the
+    quantiles get their aux gradient; the checkpoint names the architecture and loads back."""
+    from hydra import compose, initialize_config_dir
+
+    from lic.training.run import train
+    from lic.weights import load_checkpoint
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=_train_overrides(arch, image_dirs, tmp_path))
+    metrics = train(cfg)
+    assert metrics["train/aux_loss"] > 0 and np.isfinite(metrics["train/loss"])
+    assert metrics["val/bpp"] > 0                      # real bytes of a .lic file
+    ckpt = torch.load(tmp_path / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["lic_arch"] == arch and ckpt["hyper_parameters"]["model"]["arch"] == arch
+    net = load_checkpoint(tmp_path / "checkpoints" / "final.ckpt")
+    assert net.arch == arch and net.lmbdas == (() if net.num_modes > 1 else (0.01,))
+
+
+def test_the_module_optimises_every_entropy_bottleneck_with_the_aux_loss():
+    """CompressAI's convention: the quantiles of every entropy bottleneck (ELIC's is nested in its
+    latent codec) in their own parameter group at aux_lr, everything else in the model's."""
+    from lic.training.module import LitCodec
+
+    for arch in ("bmshj2018-factorized", "elic2022-official"):
+        module = LitCodec(tiny_model(arch), lmbda=0.01, lr=1e-4, aux_lr=1e-3)
+        main, aux = module.configure_optimizers()["optimizer"].param_groups
+        quantiles = [p for n, p in module.net.named_parameters() if n.endswith(".quantiles")]
+        assert len(quantiles) == 1 and aux["params"] == quantiles and aux["lr"] == 1e-3
+        assert len(main["params"]) == sum(1 for _ in module.net.parameters()) - 1
+
+
+@pytest.mark.slow
+def test_a_registered_model_goes_through_train_export_encode_decode_evaluate(image_dirs, tmp_path):
+    """The worked example of docs/models.md (bmshj2018-factorized-relu) through the entry points:
+    train.py (fast_dev_run), python -m lic.export --register, encode.py --model, decode.py, evaluate.py."""
+    env = dict(__import__("os").environ, WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1",
+               LIC_WEIGHTS_DIR=str(tmp_path / "weights"), WANDB_DIR=str(tmp_path))
+    env.pop("LIC_CHECKPOINT", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{args[0]} failed:\n{r.stderr[-3000:]}"
+        return r
+
+    arch = "bmshj2018-factorized-relu"
+    run("train.py", *_train_overrides(arch, image_dirs, tmp_path / "run"))
+    weights = tmp_path / "weights" / "toy.safetensors"
+    run("-m", "lic.export", str(tmp_path / "run" / "checkpoints" / "final.ckpt"), "-o", str(weights), "--register")
+    src, lic, png = image_dirs / "val" / "0.png", tmp_path / "x.lic", tmp_path / "x.png"
+    run("encode.py", str(src), "-o", str(lic), "--model", arch)
+    header, _ = container.unpack(lic.read_bytes())
+    assert header.model_name == arch and header.height == header.width == 64
+    run("decode.py", str(lic), "-o", str(png))
+    from lic.weights import load_safetensors
+
+    net, _ = load_safetensors(weights)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        np.testing.assert_array_equal(np.asarray(im), codec.decode_with_net(net, lic.read_bytes()))
+    r = run("evaluate.py", f"model.checkpoints=['{weights}']", f"dataset.path='{image_dirs / 'val'}'",
+            "dataset.name=toy", "baselines=[]", "references=none", "ms_ssim=false", "side_by_side.enabled=false",
+            "wandb.enabled=false", "cache_dir=null", f"hydra.run.dir='{tmp_path / 'eval'}'")
+    rows = (tmp_path / "eval" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(arch in row for row in rows[1:]), rows
+    bpp = float(rows[1].split(",")[rows[0].split(",").index("bpp")])
+    assert bpp > 0 and "rd_psnr.png" in r.stdout
