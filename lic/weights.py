@@ -181,7 +181,7 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     if not entries:
         raise WeightsError(f"no shipped weights in {weights_dir()}: train and export a model, "
                            "or pass --checkpoint / LIC_CHECKPOINT")
-    cands = [e for e in entries if (model is None or e["name"] == model or e.get("arch") == model)
+    cands = [e for e in entries if (model is None or model in (e["name"], e.get("arch", LEGACY_ARCH)))
              and (model_id is None or MODEL_IDS.get(model_id) == e["name"])
              and (fp is None or e["fingerprint"] == fp)]
     if model is None and model_id is None and fp is None:

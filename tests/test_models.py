@@ -329,3 +329,74 @@ def test_a_registered_model_goes_through_train_export_encode_decode_evaluate(ima
     assert len(rows) == 3 and all(arch in row for row in rows[1:]), rows
     bpp = float(rows[1].split(",")[rows[0].split(",").index("bpp")])
     assert bpp > 0 and "rd_psnr.png" in r.stdout
+
+
+# ------------------------------------------------------------------ the encoder strategies on other models
+
+def test_refine_runs_on_any_model_that_exposes_a_differentiable_rate():
+    from lic.refine import RefineConfig, refine_latent
+
+    net = tiny_model("bmshj2018-hyperprior", lmbdas=(0.01,))
+    assert models.can_refine(net) and not models.can_refine(tiny_model("mbt2018-mean"))
+    pixels = random_image(64, 64, seed=9)
+    x = codec.pad(io.to_tensor(pixels), net.downsampling)
+    with torch.no_grad():
+        y = net.analyze(x)
+    r = refine_latent(net, x, y, None, 0.01, RefineConfig(steps=40, check_every=5, lr=2.0, proxy="ste"))
+    assert r.cost <= r.cost_start and r.best_step > 0          # an untrained model leaves room
+    data = codec.encode_with_net(net, pixels, refine=RefineConfig(steps=40, check_every=5, lr=2.0, proxy="ste"))
+    with torch.no_grad(), decoder_threads():
+        want = io.from_tensor(net.synthesize(net.encode_latent(r.y).y_hat))
+    np.testing.assert_array_equal(codec.decode_with_net(net, data), want)
+    with pytest.raises(ValueError, match="cannot refine"):
+        codec.encode_with_net(tiny_model("mbt2018-mean", lmbdas=(0.01,)), pixels, refine=RefineConfig(steps=2))
+
+
+def test_adapt_runs_on_any_model_whose_synthesis_ends_in_a_subpixel_convolution():
+    from lic import adapt
+
+    net = tiny_model("cheng2020-anchor", lmbdas=(0.05,))
+    assert models.can_adapt(net) and not models.can_adapt(tiny_model("bmshj2018-hyperprior"))
+    pixels = random_image(128, 128, seed=10)
+    plain = codec.encode_with_net(net, pixels)
+    data = codec.encode_with_net(net, pixels, adapt_layer=True)
+    h, streams = container.unpack(data)
+    assert h.version == 3 and h.has_update and streams[:-1] == container.unpack(plain)[1]
+    last = adapt.updated_layer(net, adapt.decode_update(streams[-1], tuple(adapt.shipped_matrix(net).shape)))
+    with torch.no_grad(), decoder_threads():
+        want = io.from_tensor(net.synthesize(net.decode_latent(streams[:-1], (128, 128)), None, last))
+    out = codec.decode_with_net(net, data)
+    np.testing.assert_array_equal(out, want)
+    err = [float(np.mean((a.astype(float) - pixels) ** 2)) for a in (out, codec.decode_with_net(net, plain))]
+    assert err[0] < err[1]
+    # a model without the capability is never sent one, and refuses a file that carries one
+    other = tiny_model("bmshj2018-hyperprior", lmbdas=(0.05,))
+    assert container.unpack(codec.encode_with_net(other, pixels, adapt_layer=True))[0].version == 2
+    h2, s2 = container.unpack(codec.encode_with_net(other, pixels))
+    forged = container.pack(__import__("dataclasses").replace(h2, version=3, flags=1), s2 + [streams[-1]])
+    with pytest.raises(codec.CodecError, match="cannot apply"):
+        codec.decode_with_net(other, forged)
+
+
+def test_encode_py_says_what_a_model_cannot_do(exported, tmp_path, capsys):
+    from PIL import Image
+
+    from lic.cli import encode_main
+
+    src = tmp_path / "x.png"
+    Image.fromarray(random_image(40, 60)).save(src)
+    path, _ = exported["mbt2018-mean"]
+    out = tmp_path / "x.lic"
+    assert encode_main([str(src), "-o", str(out), "--checkpoint", str(path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lic: note: the mbt2018-mean model has no per-image update of its last layer (lic.adapt); "
+                   "encoding without it"]
+    assert encode_main([str(src), "-o", str(out), "--checkpoint", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    out.unlink()
+    assert encode_main([str(src), "-o", str(out), "--checkpoint", str(path), "--refine", "5"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lic-encode: error: the mbt2018-mean model cannot refine its latent (--refine)"]
+    assert not out.exists()
+    assert encode_main([str(src), "-o", str(out), "--checkpoint", str(path), "--model", "mbt2018"]) == 2
+    assert "holds model mbt2018-mean, not mbt2018" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 
 from lic import codec, container
 from lic.refine import RefineConfig
-from lic.weights import LoadedModel, fingerprint, ladder_modes, load_checkpoint, load_model, read_registry
+from lic.weights import LEGACY_ARCH, LoadedModel, fingerprint, ladder_modes, load_checkpoint, load_model, read_registry
 
 
 @dataclass
@@ -77,7 +77,7 @@ class LicCodec:
         if model is None:
             models = {float(m): load_model(mode=float(m)) for m in (modes or ladder_modes())}
         else:
-            entries = [e for e in read_registry() if model in (e["name"], e.get("arch"))]
+            entries = [e for e in read_registry() if model in (e["name"], e.get("arch", LEGACY_ARCH))]
             all_modes = sorted({m for e in entries for m in e["modes"]})
             models = {float(m): load_model(mode=float(m), model=model) for m in (modes or all_modes)}
         first = models[min(models)]
