@@ -110,18 +110,31 @@ def trained_facts(ckpt: dict, source: str | Path | None = None) -> dict:
     return facts
 
 
-def load_training_checkpoint(path: str | Path):
-    """(net, checkpoint dict) from a lic Lightning checkpoint, loaded with weights_only=True."""
+def _load(path: str | Path):
+    """``torch.load(weights_only=True)``: no code from the file runs; ExportError in one line."""
     import torch
 
-    from lic.weights import LEGACY_ARCH, WeightsError, _build
-
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ExportError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is one clear error
         raise ExportError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
+def _refuse_non_finite(state: dict, path: str | Path) -> None:
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ExportError(f"{path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}): refusing to export")
+
+
+def load_training_checkpoint(path: str | Path):
+    """(net, checkpoint dict) from a lic Lightning checkpoint, loaded with weights_only=True."""
+    from lic.weights import LEGACY_ARCH, WeightsError, _build
+
+    ckpt = _load(path)
     if not isinstance(ckpt, dict) or "lic_model_config" not in ckpt or "state_dict" not in ckpt:
         raise ExportError(f"{path}: not a lic training checkpoint (no lic_model_config / state_dict)")
     try:
@@ -132,9 +145,7 @@ def load_training_checkpoint(path: str | Path):
     state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     # a torch.compile'd net saves its weights as net._orig_mod.*
     state = {k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ExportError(f"{path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}): refusing to export")
+    _refuse_non_finite(state, path)
     try:
         net = _build(arch, config, state, str(path))
     except WeightsError as e:
@@ -212,20 +223,13 @@ def load_compressai_state(path: str | Path, arch: str, lmbda: float | None = Non
     if not issubclass(cls, CompressAIModel):
         raise ExportError(f"--from-compressai: {arch} is not one of CompressAI's architectures "
                           f"({', '.join(sorted(a for a, c in models.ARCHITECTURES.items() if issubclass(c, CompressAIModel)))})")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ExportError(f"file not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is one clear error
-        raise ExportError(f"{path}: cannot read it with weights_only=True ({type(e).__name__})") from None
+    obj = _load(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ExportError(f"{path}: not a CompressAI state dict")
     # a checkpoint saved from nn.DataParallel names every key module.*
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise ExportError(f"{path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}): refusing to export")
+    _refuse_non_finite(state, path)
     try:
         net = cls(cls.config_from_state(state, lmbdas=(float(lmbda),) if lmbda else ()))
         net.load_state_dict(state, strict=True)   # CompressAI's: resizes the tables, renames old keys

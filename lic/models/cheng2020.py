@@ -58,7 +58,7 @@ from lic.entropy.mixture import (
     support_of,
 )
 from lic.entropy.quantize import QuantMode, quantize
-from lic.entropy.rans import RansStreamError, check_stream, entropy_model_tables
+from lic.entropy.rans import check_stream, entropy_model_tables
 from lic.layers import MaskedConv2d, checkerboard_masks
 from lic.models.base import (  # noqa: F401  (DECODER_THREADS, decoder_threads: re-exported for bench/)
     DECODER_THREADS,

@@ -4,13 +4,14 @@ Gaussian and the 5x5 serial context of mbt2018, M = N.  (The paper's mixture of 
 a checkerboard context and variable rate are ``cheng2020-gmm``, lic.models.cheng2020.)"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from compressai.models import Cheng2020Anchor, Cheng2020Attention
 from torch import Tensor
 
 from lic.models.base import SingleRateConfig, SubpelSynthesis
 from lic.models.compressai_coding import AutoregressiveCoding
 from lic.models.registry import register
-from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
