@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from lic import adapt, container, io
 from lic.container import TILE_UNIT, FormatError, Header, Limits
 from lic.entropy.mixture import MixtureStreamError
-from lic.entropy.rans import RansStreamError, check_stream, entropy_model_tables
+from lic.entropy.rans import RansStreamError, check_bottleneck_stream, entropy_model_tables
 from lic.models.base import LicModel, can_adapt, can_refine, decoder_threads
 from lic.refine import RefineConfig, mode_lmbda, refine_latent
 from lic.weights import LoadedModel, fingerprint, load_for_header, model_mode, split_mode
@@ -130,8 +130,7 @@ def check_hyper_stream(tables: list[tuple[list[int], int]], data: bytes, positio
     (``lic.entropy.rans``): ``positions`` symbols per channel, channel after channel (CompressAI's
     order), one channel per table.  Raises CodecError unless it is what an encoder writes."""
     try:
-        check_stream(tables, data, (c for c in range(len(tables)) for _ in range(positions)),
-                     "hyper-latent stream")
+        check_bottleneck_stream(tables, data, positions)
     except RansStreamError as e:
         raise CodecError(str(e)) from None
 

@@ -106,6 +106,12 @@ def check_stream(tables: Tables, data: bytes, indexes: Iterable[int], what: str 
     replay.finish()
 
 
+def check_bottleneck_stream(tables: Tables, data: bytes, positions: int, what: str = "hyper-latent stream") -> None:
+    """An entropy bottleneck's stream: ``positions`` symbols per channel, channel after channel
+    (CompressAI's order), one table per channel."""
+    check_stream(tables, data, (c for c in range(len(tables)) for _ in range(positions)), what)
+
+
 class CheckedCoder:
     """An entropy model's coder with the replay check in front of every decode.
 

@@ -15,12 +15,11 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 def rows() -> list[dict]:
     out = []
     for name, cls in sorted(ARCHITECTURES.items()):
-        net = cls()
         ids = {i: m.name for i, m in container.MODELS.items() if m.arch == name}
         out.append({"arch": name, "class": f"{cls.__module__}.{cls.__qualname__}",
                     "model_ids": ids, "defaults": cls.Config().to_dict(),
                     "downsampling": container.MODELS[next(iter(ids))].pad,
-                    "refine": can_refine(net), "adapt": can_adapt(net),
+                    "refine": can_refine(cls), "adapt": can_adapt(cls),
                     "config": f"configs/model/{name}.yaml" if (CONFIGS / f"{name}.yaml").exists() else None})
     return out
 

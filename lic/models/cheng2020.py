@@ -58,7 +58,7 @@ from lic.entropy.mixture import (
     support_of,
 )
 from lic.entropy.quantize import QuantMode, quantize
-from lic.entropy.rans import check_stream, entropy_model_tables
+from lic.entropy.rans import check_bottleneck_stream, entropy_model_tables
 from lic.layers import MaskedConv2d, checkerboard_masks
 from lic.models.base import (  # noqa: F401  (DECODER_THREADS, decoder_threads: re-exported for bench/)
     DECODER_THREADS,
@@ -130,7 +130,7 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
     Streams of a tile: z, then y (two checkerboard passes, or one serial stream)."""
 
     Config = ModelConfig
-    widenable = True   # init_from may start it from a narrower one (lic.training.widen)
+    widenable = True   # init_from may start it from a narrower one: lic.training.widen knows its tensors
 
     def __init__(self, config: ModelConfig | None = None, **kwargs):
         config = config or ModelConfig(**kwargs)
@@ -311,8 +311,7 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
         """The z stream replayed against the bottleneck's tables (``lic.entropy.rans``, CompressAI's
         decoder reads past the end of a bad one), and the header of every y stream."""
         h, w = tile[0] // self.downsampling, tile[1] // self.downsampling
-        check_stream(entropy_model_tables(self.entropy_bottleneck), streams[0],
-                     (c for c in range(self.config.N) for _ in range(h * w)), "hyper-latent stream")
+        check_bottleneck_stream(entropy_model_tables(self.entropy_bottleneck), streams[0], h * w)
         for s in streams[1:]:
             StreamReader(s)
 

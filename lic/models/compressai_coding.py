@@ -31,11 +31,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck
 from compressai.layers import MaskedConv2d
 from torch import Tensor
 
 from lic.entropy.quantize import QuantMode
-from lic.entropy.rans import RansReplay, check_coders, entropy_model_tables
+from lic.entropy.rans import RansReplay, check_bottleneck_stream, check_coders, entropy_model_tables
 from lic.models.base import Coded, LicModel, RDOutput, SingleRateConfig, bottleneck, decoder_threads
 
 
@@ -95,6 +96,15 @@ class CompressAIModel(LicModel):
         """CompressAI's forward (a single-rate model: ``mode`` is ignored)."""
         out = super().forward(x)
         return RDOutput(x_hat=out["x_hat"], likelihoods=dict(out["likelihoods"]))
+
+    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int]) -> None:
+        """Stream 0 (z; the factorized models' y) replayed against the entropy bottleneck's tables
+        before any network runs; the Gaussian streams are replayed as they are decoded (their
+        tables come from h_s)."""
+        eb = next(m for m in self.modules() if isinstance(m, EntropyBottleneck))
+        h, w = self._z_shape(tile)
+        what = "hyper-latent stream" if self.format.streams[0] == "z" else "latent stream"
+        check_bottleneck_stream(entropy_model_tables(eb), streams[0], h * w, what)
 
     def _z_shape(self, tile: tuple[int, int]) -> tuple[int, int]:
         """The shape of the most downsampled latent of a padded tile (h, w)."""

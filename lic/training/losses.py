@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lic.models.cheng2020 import RDOutput
+from lic.models.base import RDOutput
 
 
 @dataclass
