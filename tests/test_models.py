@@ -400,3 +400,17 @@ def test_encode_py_says_what_a_model_cannot_do(exported, tmp_path, capsys):
     assert not out.exists()
     assert encode_main([str(src), "-o", str(out), "--checkpoint", str(path), "--model", "mbt2018"]) == 2
     assert "holds model mbt2018-mean, not mbt2018" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "elic2022-official"])
+def test_decode_info_names_each_models_streams(arch):
+    from lic.cli import describe
+
+    net = tiny_model(arch)
+    data = codec.encode_with_net(net, random_image(64, 64))
+    report = describe(data, "x.lic")
+    assert f"model:    {net.format.name}, mode 1" in report
+    streams = next(line for line in report.splitlines() if line.startswith("streams:"))
+    assert streams.startswith(f"streams:  {len(net.format.streams)} (")
+    labels = __import__("re").findall(r"[(,] (\w+) [\d,]+ B", streams.replace("(", "( ", 1))
+    assert labels == list(net.format.streams), streams
