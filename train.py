@@ -1,4 +1,4 @@
-"""Train a Cheng 2020 GMM codec.  python train.py lambda=0.0067 | -m quality=1,2,3 | experiment=cpu_vr
+"""Train a learned codec.  python train.py lambda=0.0067 | model=mbt2018-mean lambda=0.0067 | -m quality=1,2,3 | experiment=cpu_vr
 
 Configs live in configs/ (Hydra); every run writes its resolved config, checkpoints and
 logs into its own folder under logs/.  Resume with ckpt_path=.../checkpoints/last.ckpt.
