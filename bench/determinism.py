@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
     from lic import codec, container
     from lic.models import Cheng2020GMM, ModelConfig, cheng2020
-    from lic.weights import export, load_model, read_registry
+    from lic.weights import export, load_model, model_mode, read_registry
 
     torch.set_num_threads(args.encode_threads)
     tmp = Path(tempfile.mkdtemp(prefix="lic-determinism-"))
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                 (args.save / key).write_bytes(data)
                 Image.fromarray(here_px[key]).save(args.save / f"{key}.png")
             header, _ = container.unpack(data)
-            q = None if num_modes <= 1 else header.mode - 1 + header.mode_frac / 256
+            q = model_mode(header.mode, header.mode_frac, num_modes)
             recon[key] = digest(per_tile_reconstruction(net, px, header.tile_size, q))
     t_enc = time.perf_counter() - t0
     if args.save is not None:

@@ -401,7 +401,7 @@ def describe(data: bytes, name: str, limits=None) -> str:
     from lic.registry import read_registry
 
     h, streams = container.unpack(data, limits or container.Limits())
-    mode = f"{h.mode + h.mode_frac / 256:g}"
+    mode = f"{h.mode_value:g}"
     spt = h.streams_per_tile
     update = streams.pop() if h.has_update and streams else None    # the last stream (lic.adapt)
     kinds = [h.model.streams[i % spt] for i in range(len(streams))]

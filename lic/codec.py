@@ -284,7 +284,7 @@ def encode_image(loaded: LoadedModel, pixels: np.ndarray, *, tile_size: int | No
     """``encode.py``'s encoder: :func:`encode_with_net` with a loaded model at its mode; like
     ``encode.py`` it sends the per-image last-layer update where it pays and the model can
     (``adapt_layer``; False is ``encode.py --no-adapt``; :mod:`lic.adapt`)."""
-    return encode_with_net(loaded.net, pixels, loaded.mode + loaded.mode_frac / 256, loaded.fingerprint,
+    return encode_with_net(loaded.net, pixels, loaded.mode_value, loaded.fingerprint,
                            tile_size=tile_size, refine=refine, adapt_layer=adapt_layer)
 
 

@@ -170,6 +170,11 @@ class Header:
     flags: int = 0
 
     @property
+    def mode_value(self) -> float:
+        """The 1-based mode the header records, mode_frac included: mode + mode_frac / 256."""
+        return mode_value(self.mode, self.mode_frac)
+
+    @property
     def has_update(self) -> bool:
         """Whether the last stream is a synthesis update (:data:`FLAG_SYNTHESIS_UPDATE`)."""
         return bool(self.flags & FLAG_SYNTHESIS_UPDATE)
@@ -188,6 +193,11 @@ class Header:
     def streams_per_tile(self) -> int:
         """Streams each tile writes (``MODELS[model_id].streams``: e.g. z, then y per context pass)."""
         return len(self.model.streams)
+
+
+def mode_value(mode: int, mode_frac: int) -> float:
+    """A header's (mode, mode_frac) as one 1-based number: mode + mode_frac / 256."""
+    return mode + mode_frac / 256
 
 
 def latent_size(height: int, width: int, pad: int) -> tuple[int, int]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lic import models
-from lic.container import MODEL_IDS
+from lic.container import MODEL_IDS, mode_value
 from lic.models.base import LicModel, entropy_tables_ready
 from lic.registry import read_ladder, read_registry, weights_dir  # noqa: F401  (re-exported)
 
@@ -56,7 +56,7 @@ class UnknownModeError(WeightsError):
 def model_mode(mode: int, mode_frac: int, num_modes: int) -> float | None:
     """The model's continuous 0-based mode of a header's (mode, mode_frac), None for a single-rate
     model (whose header mode only records the user's mode)."""
-    return None if num_modes <= 1 else mode - 1 + mode_frac / 256
+    return None if num_modes <= 1 else mode_value(mode, mode_frac) - 1
 
 
 def fingerprint(net: torch.nn.Module) -> int:
@@ -87,6 +87,11 @@ class LoadedModel:
     fingerprint: int = 0
     source: str = ""
     modes: list[int] = field(default_factory=list)
+
+    @property
+    def mode_value(self) -> float:
+        """The 1-based mode it codes at, mode_frac included (what the file header records)."""
+        return mode_value(self.mode, self.mode_frac)
 
     @property
     def q(self) -> float | None:

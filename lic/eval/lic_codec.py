@@ -39,7 +39,7 @@ class LicCodec:
 
     def encode(self, pixels: np.ndarray, mode: float) -> bytes:
         lm = self.models[mode]     # at the model's own mode for this setting
-        return codec.encode_with_net(lm.net, pixels, lm.mode + lm.mode_frac / 256, lm.fingerprint,
+        return codec.encode_with_net(lm.net, pixels, lm.mode_value, lm.fingerprint,
                                      refine=self.refine, adapt_layer=self.adapt)
 
     def decode(self, data: bytes) -> np.ndarray:
