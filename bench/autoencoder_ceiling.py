@@ -56,7 +56,7 @@ def main() -> None:
     for p in files:
         px = io.read_image(p).pixels
         h, w = px.shape[:2]
-        x = codec.pad(io.to_tensor(px))
+        x = codec.pad(io.to_tensor(px), net.downsampling)
         with torch.no_grad():
             gains = net._gains(top - 1 if net.config.num_modes > 1 else None, 1, x.device)
             y = net.g_a(x)

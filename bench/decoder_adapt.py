@@ -84,7 +84,7 @@ def main() -> None:
     for path in files:
         px = io.read_image(path).pixels
         h, w = px.shape[:2]
-        x = codec.pad(io.to_tensor(px))                                  # (1, 3, H, W), H, W multiples of 64
+        x = codec.pad(io.to_tensor(px), base.downsampling)                                  # (1, 3, H, W), H, W multiples of 64
         for mode in args.modes:
             bpp = 8 * len(codec.encode_with_net(base, px, mode)) / (h * w)
             with torch.no_grad():

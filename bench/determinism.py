@@ -94,8 +94,8 @@ def per_tile_reconstruction(net, pixels: np.ndarray, tile_size: int, q) -> np.nd
 
     h, w = pixels.shape[:2]
     out = np.empty_like(pixels)
-    for top, left, th, tw in codec.tile_grid(h, w, tile_size):
-        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]))
+    for top, left, th, tw in codec.tile_grid(h, w, tile_size, net.downsampling):
+        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]), net.downsampling)
         ch, cw = min(th, h - top), min(tw, w - left)
         out[top:top + ch, left:left + cw] = io.from_tensor(net.reconstruct(x, q)[:, :, :ch, :cw])
     return out
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
     from lic import codec, container
     from lic.models import Cheng2020GMM, ModelConfig, cheng2020
-    from lic.weights import export, load_model, read_registry
+    from lic.weights import export, load_model, model_mode, read_registry
 
     torch.set_num_threads(args.encode_threads)
     tmp = Path(tempfile.mkdtemp(prefix="lic-determinism-"))
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
                 (args.save / key).write_bytes(data)
                 Image.fromarray(here_px[key]).save(args.save / f"{key}.png")
             header, _ = container.unpack(data)
-            q = None if num_modes <= 1 else header.mode - 1 + header.mode_frac / 256
+            q = model_mode(header.mode, header.mode_frac, num_modes)
             recon[key] = digest(per_tile_reconstruction(net, px, header.tile_size, q))
     t_enc = time.perf_counter() - t0
     if args.save is not None:

@@ -147,7 +147,7 @@ def large(args, checkpoint: str, what: str, tmp: Path) -> int:
         results[ph] = json.loads(r.stdout.strip().splitlines()[-1])
     header, streams = container.unpack((tmp / "image.lic").read_bytes())
     original, decoded = np.load(tmp / "image.npy"), np.load(tmp / "decoded.npy")
-    n_tiles = len(streams) // (3 if "checkerboard" in header.model_name else 2)
+    n_tiles = len(streams) // header.streams_per_tile
     e, d = results["encode"], results["decode"]
     print(f"file: {e['bytes']} bytes, {8 * e['bytes'] / (w * h):.4f} bpp, tile_size {header.tile_size}, "
           f"{n_tiles} tiles; PSNR {psnr(original, decoded):.2f} dB")

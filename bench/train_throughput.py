@@ -164,6 +164,7 @@ def run_lightning(args, loader) -> float:
     import lightning as L
     import torch
 
+    from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
     from lic.training.module import LitCodec
 
     class StepTimer(L.Callback):
@@ -181,7 +182,7 @@ def run_lightning(args, loader) -> float:
 
     torch.manual_seed(args.seed)
     cfg = model_config(args)
-    module = LitCodec(model=cfg, lmbda=LMBDA if args.num_modes <= 1 else None,
+    module = LitCodec(model=Cheng2020GMM(ModelConfig.from_dict(cfg)), lmbda=LMBDA if args.num_modes <= 1 else None,
                       val_real_images=0)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1, precision="32-true",

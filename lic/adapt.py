@@ -1,5 +1,7 @@
 """A per-image update of the synthesis transform's last layer, fitted by the encoder and sent in the file.
 
+For any model whose g_s ends in a sub-pixel convolution (``lic.models.base.can_adapt``: the
+model names the layer, ``last_layer()``, and computes its inputs, ``synth_features``).  There
 g_s ends in one linear layer (``subpel_conv3x3``: a 3x3 convolution from N feature maps at half
 resolution to 12 maps, then a pixel shuffle to RGB): x_hat = shuffle(W * f + b), with f =
 g_s[:-1](y_hat * inverse gain) the features the decoder computes anyway.  For one image and its
@@ -22,7 +24,7 @@ the encoder tries, ``DEFAULT_KINDS``).  The encoder
    computed exactly from G, B and ||r||^2 (a quadratic form), the bits the code's exact length.
 
 The decoder reads the update stream (:func:`decode_update`), adds q * 2^-e to the shipped float32
-weights, and uses them in place of the last layer for every tile (``Cheng2020GMM.synthesize``'s
+weights, and uses them in place of the last layer for every tile (the model's ``synthesize``'s
 ``last``).  The model is never modified.  The update only changes pixels, never the latents or
 their probability tables, so the file stays decodable on any machine (docs/robustness.md).
 
@@ -46,7 +48,7 @@ import functools
 import math
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import constriction
 import numpy as np
@@ -56,8 +58,14 @@ from torch import Tensor
 
 from lic.entropy.quantize import QuantMode, quantize
 
-if TYPE_CHECKING:
-    from lic.models.cheng2020 import Cheng2020GMM
+
+
+class Adaptable(Protocol):
+    """What the update needs of a model (``lic.models.base.SubpelSynthesis`` provides it)."""
+
+    def last_layer(self) -> torch.nn.Conv2d: ...
+
+    def synth_features(self, y_hat: Tensor, rate) -> Tensor: ...
 
 STEP_EXPONENTS = (6, 7, 8, 9, 10, 11)        # steps the encoder tries: 2^-6 (0.0156) .. 2^-11 (0.00049)
 STEP_EXPONENTS_READ = range(1, 25)           # what a decoder accepts
@@ -108,24 +116,19 @@ def kind_columns(kind: int, width: int) -> np.ndarray:
     raise ValueError(f"unknown update kind {kind}")
 
 
-def last_layer(net: "Cheng2020GMM") -> torch.nn.Conv2d:
-    """g_s's last convolution (before the pixel shuffle)."""
-    return net.g_s[-1][0]
-
-
-def shipped_matrix(net: "Cheng2020GMM") -> Tensor:
+def shipped_matrix(net: Adaptable) -> Tensor:
     """The shipped last layer as one float32 matrix (out, in * 9 + 1): [weight | bias]."""
-    conv = last_layer(net)
+    conv = net.last_layer()
     return torch.cat([conv.weight.detach().float().reshape(conv.out_channels, -1),
                       conv.bias.detach().float()[:, None]], 1)
 
 
-def updated_layer(net: "Cheng2020GMM", update: Update) -> tuple[Tensor, Tensor]:
+def updated_layer(net: Adaptable, update: Update) -> tuple[Tensor, Tensor]:
     """(weight, bias) of the last layer with ``update`` applied, float32, as the decoder uses them.
 
     q * 2^-e is exact in float32 (|q| <= QMAX), and the one addition to the shipped weight is
     correctly rounded, so encoder and decoder get the same bits on any machine."""
-    conv = last_layer(net)
+    conv = net.last_layer()
     w0 = shipped_matrix(net)
     q = torch.from_numpy(np.ascontiguousarray(update.q, dtype=np.float32))
     if q.shape != w0.shape:
@@ -220,7 +223,7 @@ class Fit:
         G = sum a_c a_c^T,  B = sum a_c r^T,  in 8-bit levels.
     """
 
-    def __init__(self, net: "Cheng2020GMM", kinds: tuple[int, ...] = DEFAULT_KINDS):
+    def __init__(self, net: Adaptable, kinds: tuple[int, ...] = DEFAULT_KINDS):
         self.net = net
         self.kinds = tuple(kinds)
         self.w0 = shipped_matrix(net)                           # (12, 9N + 1) float32
@@ -242,7 +245,7 @@ class Fit:
         The convolution's zero padding at the tile's edges is the decoder's (each tile is decoded
         on its own).  The sums are float32 products over ``rows`` feature rows at a time, added up
         in float64: the fit need not be exact (the decoder never repeats it), only good."""
-        conv = last_layer(self.net)
+        conv = self.net.last_layer()
         feats = feats.float()
         out0 = F.conv2d(feats, conv.weight.float(), conv.bias.float(), padding=1)   # (1, 12, th/2, tw/2)
         resid = F.pixel_unshuffle(x.float(), 2) * 255.0 - 255.0 * out0            # r, 8-bit levels

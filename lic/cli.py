@@ -1,6 +1,6 @@
 """Command-line tools ``lic-encode`` (encode.py) and ``lic-decode`` (decode.py).
 
-    lic-encode INPUT [-o OUT] [-q MODE] [--refine STEPS] [--no-adapt] [--model ID] [--checkpoint PATH]
+    lic-encode INPUT [-o OUT] [-q MODE] [--refine STEPS] [--no-adapt] [--model NAME] [--checkpoint PATH]
                [-v | --quiet] [--max-pixels N]
     lic-decode INPUT [-o OUT] [--checkpoint PATH] [-v | --quiet] [--max-pixels N]
 
@@ -55,7 +55,7 @@ from typing import BinaryIO, Callable, NoReturn, Sequence
 
 from lic import __version__
 
-# The decoder networks run on a fixed number of threads (lic.models.cheng2020.DECODER_THREADS);
+# The decoder networks run on a fixed number of threads (lic.models.base.DECODER_THREADS);
 # OpenMP's default spin-waiting makes that crawl on cores busy with other work. Passive waiting
 # changes timing only, never results.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -299,7 +299,9 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
     prog = "lic-encode"
 
     def body() -> int:
-        from lic.container import MODEL_IDS
+        from lic.container import MODEL_IDS, MODELS
+
+        archs = sorted({m.arch for m in MODELS.values()})
 
         def extra(p: argparse.ArgumentParser) -> None:
             p.add_argument("-q", "--quality", metavar="MODE", type=_finite_float, default=None,
@@ -316,18 +318,18 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
                                 "default one is sent where it pays at the mode's rate-distortion trade-off, "
                                 "about 3 %% fewer bits for the same PSNR on Kodak for 0.2-0.4 s more "
                                 "encoding; lic.adapt, docs/adapt.md)")
-            p.add_argument("--model", metavar="ID", default=None,
-                           help="model name or number: "
-                                + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items()))
+            p.add_argument("--model", metavar="NAME", default=None,
+                           help="a registered model by architecture (" + ", ".join(archs) + "), or by "
+                                "container name or number (" + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items())
+                                + "); -q is then that model's own mode (default: the registry's ladder of modes)")
 
         p = _parser(prog, "Compress an image into a .lic file.", ".lic", extra)
         args = _parse(p, argv)
         model: str | None = None
         if args.model is not None:
             model = MODEL_IDS.get(int(args.model)) if args.model.isdigit() else args.model
-            if model not in MODEL_IDS.values():
-                _usage(p, f"unknown model {args.model!r} (choose from "
-                          + ", ".join(MODEL_IDS.values()) + ")")
+            if model not in MODEL_IDS.values() and model not in archs:
+                _usage(p, f"unknown model {args.model!r} (choose from " + ", ".join(archs) + ")")
         opts = _common(p, args, ".lic")
         start = time.perf_counter()
 
@@ -353,17 +355,25 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
             raise _Exit(EXIT_USAGE, _one_line(e)) from e
         except WeightsError as e:
             raise _Exit(EXIT_FAILURE, _one_line(e)) from e
-        if model is not None and loaded.name != model:
+        if model is not None and model not in (loaded.name, loaded.net.arch):
             raise _Exit(EXIT_USAGE, f"the checkpoint holds model {loaded.name}, not {model}")
 
         from lic.codec import encode_image
+        from lic.models import can_adapt, can_refine
         from lic.refine import RefineConfig, mode_lmbda
 
         if args.refine:
+            if not can_refine(loaded.net):
+                raise _Exit(EXIT_USAGE, f"the {loaded.net.arch} model cannot refine its latent (--refine)")
             try:
-                mode_lmbda(loaded.net.config.lmbdas, None)
+                mode_lmbda(loaded.net.lmbdas, None)
             except ValueError as e:
                 raise _Exit(EXIT_USAGE, _one_line(e)) from e
+        if args.adapt and not can_adapt(loaded.net):
+            if not opts.quiet:
+                print(f"lic: note: the {loaded.net.arch} model has no per-image update of its last layer "
+                      "(lic.adapt); encoding without it", file=sys.stderr)
+            args.adapt = False
         try:
             data = encode_image(loaded, image.pixels, refine=RefineConfig(steps=args.refine) if args.refine else None,
                                 adapt_layer=args.adapt)
@@ -391,14 +401,15 @@ def describe(data: bytes, name: str, limits=None) -> str:
     from lic.registry import read_registry
 
     h, streams = container.unpack(data, limits or container.Limits())
-    mode = f"{h.mode + h.mode_frac / 256:g}"
+    mode = f"{h.mode_value:g}"
     spt = h.streams_per_tile
     update = streams.pop() if h.has_update and streams else None    # the last stream (lic.adapt)
-    kinds = ["z" if i % spt == 0 else "y" for i in range(len(streams))]
+    kinds = [h.model.streams[i % spt] for i in range(len(streams))]
     tiles = "untiled" if h.tile_size == 0 else f"tiles of {h.tile_size}"
     if len(streams) > spt:                                          # tiled: totals per kind
-        z, y = (sum(len(st) for st, k in zip(streams, kinds) if k == kind) for kind in "zy")
-        listed = f"{len(streams) // spt} tiles x {spt}: z {z:,} B, y {y:,} B in all"
+        totals = {kind: sum(len(st) for st, k in zip(streams, kinds) if k == kind) for kind in dict.fromkeys(kinds)}
+        listed = (f"{len(streams) // spt} tiles x {spt}: "
+                  + ", ".join(f"{kind} {n:,} B" for kind, n in totals.items()) + " in all")
     else:
         listed = ", ".join(f"{k} {len(st):,} B" for k, st in zip(kinds, streams))
     if update is not None:

@@ -19,9 +19,9 @@ Layout (all integers big-endian)::
     17      4     width             (original image width in pixels)
     21      1     channels          (must be 3)
     22      2     latent_channels   (M, >= 1)
-    24      2     latent_height     (= ceil(height / 64) * 4, whole padded image)
-    26      2     latent_width      (= ceil(width / 64) * 4, whole padded image)
-    28      2     tile_size         (0 = untiled, else tile side in pixels, multiple of 64)
+    24      2     latent_height     (= ceil(height / pad) * pad / 16, whole padded image; pad: MODELS)
+    26      2     latent_width      (= ceil(width / pad) * pad / 16)
+    28      2     tile_size         (0 = untiled, else tile side in pixels, multiple of TILE_UNIT = 64)
     30      2     n_streams
     32      4*n   stream lengths    (u32 each)
     ..      ..    stream bytes, concatenated in order
@@ -48,8 +48,11 @@ __all__ = [
     "VERSIONS",
     "FLAG_SYNTHESIS_UPDATE",
     "FLAGS_OF_VERSION",
+    "ModelFormat",
+    "MODELS",
     "MODEL_IDS",
     "VARIABLE_RATE_MODEL_IDS",
+    "TILE_UNIT",
     "FormatError",
     "Limits",
     "Header",
@@ -65,10 +68,11 @@ VERSION = 2   # what this build writes for a file without flags; with the synthe
               # file is written with the lowest version that describes it (lic.codec.encode_with_net)
 
 # version -> what changed.  APPEND-ONLY.  The layout below is the same in every version; the
-# version says how the decoder must derive the latents' probability tables, and which flags exist.
+# version says how the decoder must derive the latents' probability tables (for cheng2020-gmm, the
+# only architecture of version 1), which flags and which model ids (MODELS[id].since) exist.
 VERSIONS: dict[int, str] = {
     1: "tables from the float32 networks (decode on the kind of CPU that encoded)",
-    2: "tables from the exactly evaluated networks (lic.models.exact): the same on every machine",
+    2: "cheng2020-gmm: tables from exactly evaluated networks (lic.models.exact); other models as their own",
     3: "as 2; flags bit 0: the last stream is a per-image update of g_s's last layer (lic.adapt)",
 }
 
@@ -77,17 +81,45 @@ VERSIONS: dict[int, str] = {
 FLAG_SYNTHESIS_UPDATE = 0x01
 FLAGS_OF_VERSION: dict[int, int] = {1: 0, 2: 0, 3: FLAG_SYNTHESIS_UPDATE}
 
-# model_id -> model name.  APPEND-ONLY: never renumber or reuse an id, files in
-# the wild refer to these numbers.
-MODEL_IDS: dict[int, str] = {
-    1: "cheng2020-gmm-checkerboard",
-    2: "cheng2020-gmm-serial",
-    3: "cheng2020-gmm-vr-checkerboard",
-    4: "cheng2020-gmm-vr-serial",
+@dataclass(frozen=True)
+class ModelFormat:
+    """What a file with this model_id holds, as far as the container needs to know it."""
+
+    name: str                  # the id's name (registry entries, ``decode.py --info``, ``encode.py --model``)
+    arch: str                  # the architecture that writes and reads it (``lic.models`` registry)
+    streams: tuple[str, ...]   # one tile's streams, in order: "z" the hyper-latent, "y" the latent
+    pad: int = 64              # the image is padded to a multiple of this: the model's total downsampling
+    variable_rate: bool = False   # files may carry a nonzero mode_frac
+    since: int = 1             # the first format version that knows this id
+
+
+_CHENG_SINCE_1 = {"arch": "cheng2020-gmm", "since": 1}
+_ONE_Y = ("z", "y")
+
+# model_id -> ModelFormat.  APPEND-ONLY: never renumber, reuse or change an entry; files in the
+# wild refer to these numbers.  A new architecture appends its ids here (docs/models.md).
+MODELS: dict[int, ModelFormat] = {
+    1: ModelFormat("cheng2020-gmm-checkerboard", streams=("z", "y", "y"), **_CHENG_SINCE_1),
+    2: ModelFormat("cheng2020-gmm-serial", streams=_ONE_Y, **_CHENG_SINCE_1),
+    3: ModelFormat("cheng2020-gmm-vr-checkerboard", streams=("z", "y", "y"), variable_rate=True, **_CHENG_SINCE_1),
+    4: ModelFormat("cheng2020-gmm-vr-serial", streams=_ONE_Y, variable_rate=True, **_CHENG_SINCE_1),
+    5: ModelFormat("bmshj2018-factorized", "bmshj2018-factorized", ("y",), pad=16, since=2),
+    6: ModelFormat("bmshj2018-hyperprior", "bmshj2018-hyperprior", _ONE_Y, since=2),
+    7: ModelFormat("mbt2018-mean", "mbt2018-mean", _ONE_Y, since=2),
+    8: ModelFormat("mbt2018", "mbt2018", _ONE_Y, since=2),
+    9: ModelFormat("cheng2020-anchor", "cheng2020-anchor", _ONE_Y, since=2),
+    10: ModelFormat("cheng2020-attn", "cheng2020-attn", _ONE_Y, since=2),
+    # ELIC: z, then its five channel groups, each in two checkerboard passes
+    11: ModelFormat("elic2022-official", "elic2022-official", ("z",) + ("y",) * 10, since=2),
+    12: ModelFormat("bmshj2018-factorized-relu", "bmshj2018-factorized-relu", ("y",), pad=16, since=2),
 }
 
-# model_ids whose files may carry a nonzero mode_frac.  Append-only too.
-VARIABLE_RATE_MODEL_IDS: frozenset[int] = frozenset({3, 4})
+# views of MODELS (not separate facts): id -> name, and the ids of variable-rate models
+MODEL_IDS: dict[int, str] = {i: m.name for i, m in MODELS.items()}
+VARIABLE_RATE_MODEL_IDS: frozenset[int] = frozenset(i for i, m in MODELS.items() if m.variable_rate)
+
+TILE_UNIT = 64       # tile sides are multiples of this (every model's pad divides it)
+LATENT_STRIDE = 16   # y is 1/16 of the padded image in every model (the header's latent size)
 
 # Fixed part of the header, up to and including n_streams.
 _FIXED = struct.Struct(">4sBBBBBIIIBHHHHH")
@@ -95,10 +127,6 @@ HEADER_SIZE = _FIXED.size  # 32
 _CRC = struct.Struct(">I")
 _CRC_SIZE = _CRC.size  # 4
 _MIN_FILE_SIZE = HEADER_SIZE + _CRC_SIZE  # a file with zero streams
-
-# The latent y is 1/16 of the image, and the image is padded to a multiple of 64.
-_PAD = 64
-_LATENT_PER_PAD = 4
 
 _U8 = 0xFF
 _U16 = 0xFFFF
@@ -142,24 +170,40 @@ class Header:
     flags: int = 0
 
     @property
+    def mode_value(self) -> float:
+        """The 1-based mode the header records, mode_frac included: mode + mode_frac / 256."""
+        return mode_value(self.mode, self.mode_frac)
+
+    @property
     def has_update(self) -> bool:
         """Whether the last stream is a synthesis update (:data:`FLAG_SYNTHESIS_UPDATE`)."""
         return bool(self.flags & FLAG_SYNTHESIS_UPDATE)
 
     @property
+    def model(self) -> ModelFormat:
+        """The model's entry in :data:`MODELS` (KeyError for an unknown id)."""
+        return MODELS[self.model_id]
+
+    @property
     def model_name(self) -> str:
-        """The model's name from :data:`MODEL_IDS` (KeyError for an unknown id)."""
-        return MODEL_IDS[self.model_id]
+        """The model's name from :data:`MODELS` (KeyError for an unknown id)."""
+        return self.model.name
 
     @property
     def streams_per_tile(self) -> int:
-        """Streams each tile writes: z, then y per context pass (two for checkerboard, one for serial)."""
-        return 3 if self.model_name.endswith("-checkerboard") else 2
+        """Streams each tile writes (``MODELS[model_id].streams``: e.g. z, then y per context pass)."""
+        return len(self.model.streams)
 
 
-def latent_size(height: int, width: int) -> tuple[int, int]:
-    """(latent_height, latent_width) of the whole padded image: ceil(side / 64) * 4."""
-    return (-(-height // _PAD) * _LATENT_PER_PAD, -(-width // _PAD) * _LATENT_PER_PAD)
+def mode_value(mode: int, mode_frac: int) -> float:
+    """A header's (mode, mode_frac) as one 1-based number: mode + mode_frac / 256."""
+    return mode + mode_frac / 256
+
+
+def latent_size(height: int, width: int, pad: int) -> tuple[int, int]:
+    """(latent_height, latent_width) of the whole image padded to multiples of ``pad`` (the model's,
+    :data:`MODELS`): ceil(side / pad) * pad / 16."""
+    return (-(-height // pad) * pad // LATENT_STRIDE, -(-width // pad) * pad // LATENT_STRIDE)
 
 
 def _header_problem(h: Header) -> str | None:
@@ -177,8 +221,10 @@ def _header_problem(h: Header) -> str | None:
         return f"unsupported version {h.version}"
     if not 0 <= h.flags <= _U8 or h.flags & ~FLAGS_OF_VERSION[h.version]:
         return f"flags 0x{h.flags:02x} are not valid in version {h.version}"
-    if h.model_id not in MODEL_IDS:
+    if h.model_id not in MODELS:
         return f"unknown model_id {h.model_id}"
+    if h.version < MODELS[h.model_id].since:
+        return f"model {MODELS[h.model_id].name} does not exist in version {h.version}"
     if not 1 <= h.mode <= _U8:
         return f"mode {h.mode} out of range 1..255"
     if not 0 <= h.mode_frac <= _U8:
@@ -193,12 +239,12 @@ def _header_problem(h: Header) -> str | None:
         return f"channels is {h.channels}, expected 3"
     if not 1 <= h.latent_channels <= _U16:
         return f"latent_channels {h.latent_channels} out of range 1..65535"
-    expected = latent_size(h.height, h.width)
+    expected = latent_size(h.height, h.width, MODELS[h.model_id].pad)
     if (h.latent_height, h.latent_width) != expected:
         return (f"latent size {h.latent_height}x{h.latent_width} does not match image size "
                 f"{h.height}x{h.width} (expected {expected[0]}x{expected[1]})")
-    if not 0 <= h.tile_size <= _U16 or h.tile_size % _PAD != 0:
-        return f"tile_size {h.tile_size} is not 0 or a multiple of 64 below 65536"
+    if not 0 <= h.tile_size <= _U16 or h.tile_size % TILE_UNIT != 0:
+        return f"tile_size {h.tile_size} is not 0 or a multiple of {TILE_UNIT} below 65536"
     return None
 
 

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     h, w = pixels.shape[:2]
     mse = np.mean((out.astype(np.float64) - pixels.astype(np.float64)) ** 2)
     psnr = 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
-    print(f"model   {loaded.name} ({widths_label(loaded.net.config)}), mode {loaded.mode + loaded.mode_frac / 256:g}")
+    print(f"model   {loaded.name} ({widths_label(loaded.net.config)}), mode {loaded.mode_value:g}")
     print(f"image   {name}: {w}x{h}")
     print(f"file    {outdir / (name + '.lic')}: {len(data)} bytes")
     print(f"bpp     {8 * len(data) / (h * w):.4f}  (real file bytes, header included)")

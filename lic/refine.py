@@ -29,15 +29,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from lic.entropy.quantize import QuantMode, annealed_round, quantize
 
-if TYPE_CHECKING:  # the model imports this module
-    from lic.models.cheng2020 import Cheng2020GMM
+
+class Refinable(Protocol):
+    """What the search needs of a model (``lic.models.base.can_refine``): the bits of a latent
+    the coder codes as round(y), y_rate quantized by the caller and its z by ``z_mode``, and the
+    synthesis of y_syn, both differentiable."""
+
+    def latent_rd(self, y_rate: Tensor, y_syn: Tensor, z_mode: QuantMode, rate: Any) -> tuple[Tensor, Tensor]: ...
 
 
 PROXIES = {
@@ -104,25 +109,24 @@ def mode_lmbda(lmbdas: tuple[float, ...], mode: float | None) -> float:
     return math.exp((1 - f) * math.log(lmbdas[i]) + f * math.log(lmbdas[i + 1]))
 
 
-def _cost(net: "Cheng2020GMM", x: Tensor, y_rate: Tensor, y_syn: Tensor, z_mode: QuantMode, gains, lmbda: float,
+def _cost(net: Refinable, x: Tensor, y_rate: Tensor, y_syn: Tensor, z_mode: QuantMode, rate, lmbda: float,
           valid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
     """(J, bits per pixel, MSE): the rate of y_rate, the distortion of g_s(y_syn) over the valid
     h x w pixels only; z = h_a(y_rate) quantized by ``z_mode``."""
     h, w = valid
-    psi, z_lik = net.hyper(y_rate, z_mode)
-    y_lik = net.latent_likelihood(y_rate, psi)
-    bpp = (-torch.log2(y_lik).sum() - torch.log2(z_lik).sum()) / (h * w)
-    x_hat = net.synthesize(y_syn, gains)                          # (1, 3, H, W)
+    bits, x_hat = net.latent_rd(y_rate, y_syn, z_mode, rate)    # x_hat (1, 3, H, W)
+    bpp = bits / (h * w)
     mse = (x_hat[..., :h, :w] - x[..., :h, :w]).pow(2).mean()
     return lmbda * 255**2 * mse + bpp, bpp, mse
 
 
-def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float, cfg: RefineConfig,
+def refine_latent(net: Refinable, x: Tensor, y: Tensor, rate, lmbda: float, cfg: RefineConfig,
                   valid: tuple[int, int] | None = None) -> RefineResult:
-    """Search from g_a's gain-scaled ``y`` (1, M, H/16, W/16) for a latent that codes the padded
+    """Search from g_a's (gain-scaled) ``y`` (1, M, H/16, W/16) for a latent that codes the padded
     tile ``x`` (1, 3, H, W), of which the top-left ``valid`` (h, w) pixels are the image, at a lower
-    cost.  ``gains``: the model's (gain, inverse gain) for the mode, or None.  The networks'
-    parameters are not changed (gradients are taken with respect to y only)."""
+    cost.  ``rate``: the model's ``rate_of(mode)`` (cheng2020-gmm: its gains), None for a
+    single-rate model.  The networks' parameters are not changed (gradients are taken with respect
+    to y only)."""
     valid = valid or tuple(x.shape[-2:])
     proxy = cfg.proxy_for(lmbda)
     generator = torch.Generator(device=y.device).manual_seed(cfg.seed)
@@ -130,7 +134,7 @@ def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float
     def rounded_cost(v: Tensor) -> tuple[float, float, float]:
         with torch.no_grad():
             y_hat = quantize(v, QuantMode.ROUND)
-            j, bpp, mse = _cost(net, x, y_hat, y_hat, QuantMode.ROUND, gains, lmbda, valid)
+            j, bpp, mse = _cost(net, x, y_hat, y_hat, QuantMode.ROUND, rate, lmbda, valid)
         return float(j), float(bpp), float(mse)
 
     best = rounded_cost(y)
@@ -149,7 +153,7 @@ def refine_latent(net: "Cheng2020GMM", x: Tensor, y: Tensor, gains, lmbda: float
             else:   # mixed
                 y_rate, y_syn = quantize(var, QuantMode.NOISE), quantize(var, QuantMode.STE)
                 z_mode = QuantMode.NOISE
-            j, _, _ = _cost(net, x, y_rate, y_syn, z_mode, gains, lmbda, valid)
+            j, _, _ = _cost(net, x, y_rate, y_syn, z_mode, rate, lmbda, valid)
             (grad,) = torch.autograd.grad(j, var)
             var.grad = grad
             opt.step()

@@ -12,8 +12,18 @@ def weights_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[1] / "weights"
 
 
-def read_registry() -> list[dict]:
+def _read() -> dict:
     path = weights_dir() / "registry.json"
     if not path.exists():
-        return []
-    return json.loads(path.read_text())["models"]
+        return {}
+    return json.loads(path.read_text())
+
+
+def read_registry() -> list[dict]:
+    """The registry's model entries (``lic.weights`` describes them)."""
+    return _read().get("models", [])
+
+
+def read_ladder() -> dict | None:
+    """The registry's mode ladder (``lic.weights`` describes it), or None when it has none."""
+    return _read().get("ladder")

@@ -25,6 +25,30 @@ def tiny_net(context: str = "checkerboard", num_modes: int = 1, N: int = 8, seed
     return net
 
 
+# the smallest config of every registered architecture: what the per-architecture tests code with
+TINY_CONFIGS = {
+    "cheng2020-gmm": {"N": 8},
+    "bmshj2018-factorized": {"N": 8, "M": 8},
+    "bmshj2018-factorized-relu": {"N": 8, "M": 8},
+    "bmshj2018-hyperprior": {"N": 8, "M": 8},
+    "mbt2018-mean": {"N": 8, "M": 8},
+    "mbt2018": {"N": 8, "M": 12},
+    "cheng2020-anchor": {"N": 8},
+    "cheng2020-attn": {"N": 8},
+    "elic2022-official": {"N": 8, "M": 136},   # ELIC's first four channel groups take 128
+}
+
+
+def tiny_model(arch: str, seed: int = 0, **config):
+    """A tiny untrained network of a registered architecture, coding tables updated."""
+    from lic import models
+
+    torch.manual_seed(seed)
+    net = models.build(arch, {**TINY_CONFIGS[arch], **config}).eval()
+    net.update(force=True)
+    return net
+
+
 @pytest.fixture(scope="session")
 def kodak_crop() -> np.ndarray:
     """A 256x256 crop of a real photo (kodim05), or a smooth synthetic image when ../shared is absent."""

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import random_image, tiny_net
 from lic import adapt, codec, container, io
 from lic.entropy.quantize import QuantMode, quantize
+from lic.models.base import decoder_threads
 
 LMBDAS = (0.001, 0.01, 0.1)
 
@@ -103,7 +104,7 @@ def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w, kinds):
     each kind's fitted one; a fitted change moves only its kind's columns and lowers the error."""
     net = _net()
     px = random_image(h, w, seed=3)
-    x = codec.pad(io.to_tensor(px))
+    x = codec.pad(io.to_tensor(px), net.downsampling)
     gains = net._gains(2.0, 1, x.device)
     with torch.no_grad():
         y_hat = quantize(net.g_a(x) * gains[0], QuantMode.ROUND)
@@ -113,7 +114,7 @@ def test_fit_sse_is_the_squared_error_of_running_the_layer(h, w, kinds):
     hh, ww = h // 2, w // 2
     assert fit.positions == hh * ww and fit.pixels == h * w
     target = F.pixel_unshuffle(x, 2)[0, :, :hh, :ww].double() * 255
-    conv = adapt.last_layer(net)
+    conv = net.last_layer()
 
     def direct(delta):
         wt = (fit.w0.double() + delta).float()
@@ -155,8 +156,11 @@ def test_adapted_file_decodes_bit_exactly_to_what_the_encoder_chose(tile_size):
     # what the decoder must produce, tile by tile, from the latents of the plain file
     expected = np.empty_like(px)
     spt = h1.streams_per_tile
-    for i, (top, left, th, tw) in enumerate(codec.tile_grid(100, 130, h1.tile_size)):
-        x_hat = net.decompress(s0[i * spt:(i + 1) * spt], (th // 64, tw // 64), 2.0, last=last)
+    for i, (top, left, th, tw) in enumerate(codec.tile_grid(100, 130, h1.tile_size, net.downsampling)):
+        rate = net.rate_of(2.0)
+        y_hat = net.decode_latent(s0[i * spt:(i + 1) * spt], (th, tw), rate)
+        with torch.no_grad(), decoder_threads():
+            x_hat = net.synthesize(y_hat, rate, last)
         ch, cw = min(th, 100 - top), min(tw, 130 - left)
         expected[top:top + ch, left:left + cw] = io.from_tensor(x_hat[:, :, :ch, :cw])
     assert np.array_equal(out, expected)

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from lic import container
+from lic.container import MODEL_IDS
 from lic.cli import decode_main, encode_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_version_and_help_do_not_import_torch(tool, main):
     ("encode.py", ["x.png", "--refine", "-1"], "must be 0 to 100000"),
     ("encode.py", ["x.png", "--refine", "ten"], "invalid number of steps"),
     ("encode.py", ["x.png", "--model", "jpeg"], "unknown model 'jpeg'"),
-    ("encode.py", ["x.png", "--model", "7"], "unknown model '7'"),
+    ("encode.py", ["x.png", "--model", str(len(MODEL_IDS) + 1)], f"unknown model '{len(MODEL_IDS) + 1}'"),
     ("encode.py", ["x.png", "-v", "--quiet"], "not allowed with"),
     ("encode.py", ["-"], "-o OUT is required"),
     ("decode.py", ["-"], "-o OUT is required"),
@@ -165,7 +166,7 @@ def _reseal(body: bytes) -> bytes:
     ("truncated", "corrupt file"),
     ("bitflip", "checksum mismatch"),
     ("version", "unsupported .lic version"),
-    ("model", "unknown model_id 9"),
+    ("model", f"unknown model_id {len(MODEL_IDS) + 1}"),   # the next id, not assigned yet
     ("too_big", "exceeds the limit of 100 pixels"),
 ])
 def test_bad_lic_files(tmp_path, png, kind, match):
@@ -173,7 +174,7 @@ def test_bad_lic_files(tmp_path, png, kind, match):
     data = {"png": png.read_bytes(), "empty": b"", "truncated": good[:-7],
             "bitflip": good[:40] + bytes([good[40] ^ 4]) + good[41:],
             "version": good[:4] + b"\x07" + good[5:], "too_big": good,
-            "model": _reseal(good[:5] + b"\x09" + good[6:-4])}[kind]
+            "model": _reseal(good[:5] + bytes([len(MODEL_IDS) + 1]) + good[6:-4])}[kind]
     src = tmp_path / "in.lic"
     src.write_bytes(data)
     r = run("decode.py", str(src), "--max-pixels", "100")

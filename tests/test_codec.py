@@ -15,7 +15,7 @@ from lic import codec, container, io
 def rounded_reconstruction(net, pixels, q=None) -> np.ndarray:
     """The model's own reconstruction from round(y) (forward in eval mode), cropped to the image."""
     h, w = pixels.shape[:2]
-    x_hat = net.reconstruct(codec.pad(io.to_tensor(pixels)), q)
+    x_hat = net.reconstruct(codec.pad(io.to_tensor(pixels), net.downsampling), q)
     return io.from_tensor(x_hat[:, :, :h, :w])
 
 
@@ -53,7 +53,7 @@ def test_serial_large_odd_size():
 
 def test_reconstruct_matches_forward_rounding():
     net = tiny_net(num_modes=3)
-    x = codec.pad(io.to_tensor(random_image(64, 64)))
+    x = codec.pad(io.to_tensor(random_image(64, 64)), net.downsampling)
     with torch.no_grad():
         ref = net(x, 1.5).x_hat
     assert torch.allclose(net.reconstruct(x, 1.5), ref, atol=1e-5)

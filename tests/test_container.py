@@ -115,14 +115,44 @@ def test_round_trip_stream_shapes(streams):
 @pytest.mark.parametrize("height,width,lat", [(1, 1, (4, 4)), (64, 64, (4, 4)), (65, 128, (8, 8)),
                                               (32768, 1, (2048, 4))])
 def test_latent_size_formula(height, width, lat):
-    assert container.latent_size(height, width) == lat
+    assert container.latent_size(height, width, 64) == lat
     h = dataclasses.replace(HEADER, height=height, width=width, latent_height=lat[0], latent_width=lat[1])
     assert unpack(pack(h, STREAMS))[0] == h
 
 
+@pytest.mark.parametrize("height,width,lat", [(1, 1, (1, 1)), (16, 17, (1, 2)), (65, 128, (5, 8))])
+def test_latent_size_of_a_model_padded_to_16(height, width, lat):
+    """bmshj2018-factorized (id 5) pads to 16: its y is ceil(side / 16), and a header of another
+    size is refused."""
+    assert container.MODELS[5].pad == 16 and container.latent_size(height, width, 16) == lat
+    h = dataclasses.replace(HEADER, model_id=5, mode_frac=0, height=height, width=width,
+                            latent_height=lat[0], latent_width=lat[1])
+    assert unpack(pack(h, STREAMS))[0] == h
+    with pytest.raises(FormatError, match="latent size"):
+        unpack(_raw(model_id=5, mode_frac=0, height=height, width=width, latent_height=lat[0] + 1,
+                    latent_width=lat[1]))
+
+
 def test_model_ids_table():
-    assert MODEL_IDS == {1: "cheng2020-gmm-checkerboard", 2: "cheng2020-gmm-serial",
-                         3: "cheng2020-gmm-vr-checkerboard", 4: "cheng2020-gmm-vr-serial"}
+    """Append-only: the ids files were written with keep their names; later ids follow them."""
+    assert {i: n for i, n in MODEL_IDS.items() if i <= 4} == {
+        1: "cheng2020-gmm-checkerboard", 2: "cheng2020-gmm-serial",
+        3: "cheng2020-gmm-vr-checkerboard", 4: "cheng2020-gmm-vr-serial"}
+    assert sorted(MODEL_IDS) == list(range(1, len(MODEL_IDS) + 1))
+    assert MODEL_IDS == {i: m.name for i, m in container.MODELS.items()}
+    assert {i: m.arch for i, m in container.MODELS.items() if i <= 4} == dict.fromkeys(range(1, 5), "cheng2020-gmm")
+    assert container.VARIABLE_RATE_MODEL_IDS == {3, 4}
+    assert all(container.TILE_UNIT % m.pad == 0 for m in container.MODELS.values())
+
+
+def test_a_model_id_is_refused_in_a_version_before_it():
+    """ids from 5 on exist since version 2: a version-1 file naming one is corrupt, in one line."""
+    h = dataclasses.replace(HEADER, model_id=6, mode_frac=0, version=1)
+    with pytest.raises(ValueError, match="does not exist in version 1"):
+        pack(h, STREAMS)
+    with pytest.raises(FormatError, match="does not exist in version 1"):
+        unpack(_raw(model_id=6, mode_frac=0, version=1))
+    assert unpack(_raw(model_id=6, mode_frac=0, version=2))[0].model_name == "bmshj2018-hyperprior"
 
 
 @pytest.mark.parametrize("change", [
@@ -175,7 +205,7 @@ def test_rejects_short_or_foreign(data, match):
     (dict(flags=1), "flags"),
     (dict(flags=0x80), "flags"),
     (dict(model_id=0), "unknown model_id 0"),
-    (dict(model_id=5), "unknown model_id 5"),
+    (dict(model_id=len(MODEL_IDS) + 1), f"unknown model_id {len(MODEL_IDS) + 1}"),   # the next, unassigned id
     (dict(mode=0), "mode 0"),
     (dict(mode_frac=1), "mode_frac"),  # nonzero for a fixed-rate model
     (dict(channels=1), "channels"),
@@ -268,7 +298,10 @@ def test_import_is_stdlib_only():
 
 def test_streams_per_tile_follow_the_context():
     want = {"cheng2020-gmm-checkerboard": 3, "cheng2020-gmm-serial": 2,
-            "cheng2020-gmm-vr-checkerboard": 3, "cheng2020-gmm-vr-serial": 2}
+            "cheng2020-gmm-vr-checkerboard": 3, "cheng2020-gmm-vr-serial": 2,
+            "bmshj2018-factorized": 1, "bmshj2018-hyperprior": 2, "mbt2018-mean": 2, "mbt2018": 2,
+            "cheng2020-anchor": 2, "cheng2020-attn": 2, "elic2022-official": 11, "bmshj2018-factorized-relu": 1}
+    assert set(want) == set(MODEL_IDS.values())
     for model_id, name in MODEL_IDS.items():
         h = dataclasses.replace(HEADER, model_id=model_id, mode_frac=0)
         assert h.streams_per_tile == want[name]

@@ -239,8 +239,10 @@ def test_from_checkpoints_variable_rate(tmp_path):
     export(tiny_net(num_modes=3), p)
     c = LicCodec.from_checkpoints([p])
     assert c.settings == [1.0, 2.0, 3.0]
-    assert len({id(m) for m in c.models.values()}) == 1
-    assert LicCodec.from_checkpoints([p], modes=[1.5, 3]).settings == [1.5, 3.0]
+    assert len({id(m.net) for m in c.models.values()}) == 1                  # one network serves every mode
+    assert [(m.mode, m.mode_frac) for m in c.models.values()] == [(1, 0), (2, 0), (3, 0)]
+    c = LicCodec.from_checkpoints([p], modes=[1.5, 3])
+    assert c.settings == [1.5, 3.0] and (c.models[1.5].mode, c.models[1.5].mode_frac) == (1, 128)
 
 
 # --------------------------------------------------------------------------- side by side
@@ -316,7 +318,7 @@ def test_bit_map_tiled_and_hyper_bits():
     y_real = sum(8 * len(s) - 32 for s in y_streams)
     assert 0 <= y_real - bm.y_total <= 64 * len(y_streams)       # 18 small streams: termination only
     # per-tile z costs are CompressAI's table frequencies: a tile's z is under 1 word + the 64-bit state away
-    x = codec.pad(torch.from_numpy(pixels[:64, :64]).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(pixels[:64, :64]).permute(2, 0, 1)[None].float() / 255, net.downsampling)
     with torch.no_grad():
         zb = hyper_bits(net, net.h_a(net.g_a(x)))
     assert zb.shape == (net.config.N, 1, 1)

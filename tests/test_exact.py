@@ -61,7 +61,7 @@ def test_refuses_weights_it_cannot_sum_exactly():
 def test_both_versions_round_trip_and_say_which_they_are(context):
     net = tiny_net(context=context, num_modes=3, N=8)
     px = np.random.default_rng(1).integers(0, 256, (64, 80, 3), dtype=np.uint8)
-    ref = io.from_tensor(net.reconstruct(codec.pad(io.to_tensor(px)), 1.0))[:64, :80]
+    ref = io.from_tensor(net.reconstruct(codec.pad(io.to_tensor(px), net.downsampling), 1.0))[:64, :80]
     for version in (1, 2):
         data = codec.encode_with_net(net, px, 2.0, version=version)
         assert container.unpack(data)[0].version == version

@@ -62,7 +62,7 @@ def test_refined_file_decodes_reproducibly_and_leaves_the_model_alone():
 
 def test_refinement_never_returns_a_costlier_latent():
     net = tiny_net(num_modes=3)
-    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=1)).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=1)).permute(2, 0, 1)[None].float() / 255, net.downsampling)
     gains = net._gains(1, 1, x.device)
     with torch.no_grad():
         y = net.g_a(x) * gains[0]
@@ -118,7 +118,7 @@ def test_lic_codec_refines_labels_and_travels_to_worker_processes():
 @pytest.mark.parametrize("proxy", ["ste", "mixed"])
 def test_other_proxies_are_reproducible_and_never_worse(proxy):
     net = tiny_net(num_modes=3, lmbdas=(0.001, 0.01, 0.1), seed=4)
-    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255, net.downsampling)
     gains = net._gains(2, 1, x.device)
     with torch.no_grad():
         y = net.g_a(x) * gains[0]
@@ -139,7 +139,7 @@ def test_auto_proxy_switches_to_mixed_from_its_lambda_and_searches_as_that_proxy
     assert [cfg.proxy_for(l) for l in (0.001, 0.0499, 0.05, 0.25)] == ["sga", "sga", "mixed", "mixed"]
     assert RefineConfig(proxy="ste").proxy_for(0.25) == "ste"     # a named proxy is used at every lambda
     net = tiny_net(num_modes=3, lmbdas=(0.001, 0.01, 0.1), seed=4)
-    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255, net.downsampling)
     gains = net._gains(2, 1, x.device)
     with torch.no_grad():
         y = net.g_a(x) * gains[0]

@@ -16,8 +16,8 @@ def per_tile_reconstruction(net, pixels, tile_size, q=None) -> np.ndarray:
     """What the decoder must return: each tile reconstructed on its own from round(y), cropped, pasted."""
     h, w = pixels.shape[:2]
     out = np.zeros_like(pixels)
-    for top, left, th, tw in codec.tile_grid(h, w, tile_size):
-        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]))
+    for top, left, th, tw in codec.tile_grid(h, w, tile_size, net.downsampling):
+        x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]), net.downsampling)
         assert x.shape[-2:] == (th, tw)
         ch, cw = min(th, h - top), min(tw, w - left)
         out[top:top + ch, left:left + cw] = io.from_tensor(net.reconstruct(x, q)[:, :, :ch, :cw])
@@ -35,10 +35,10 @@ def test_tiled_round_trip_is_bit_exact(context, size):
     pixels = random_image(*size, seed=sum(size))
     data = codec.encode_with_net(net, pixels, tile_size=128)
     header, streams = container.unpack(data)
-    tiles = codec.tile_grid(*size, 128)
+    tiles = codec.tile_grid(*size, 128, 64)
     assert header.tile_size == 128
     assert len(streams) == len(tiles) * (3 if context == "checkerboard" else 2)
-    assert (header.latent_height, header.latent_width) == container.latent_size(*size)  # whole image
+    assert (header.latent_height, header.latent_width) == container.latent_size(*size, net.downsampling)  # whole image
     out = codec.decode_with_net(net, data)
     assert out.shape == pixels.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out, per_tile_reconstruction(net, pixels, 128))
@@ -55,7 +55,7 @@ def test_tiled_variable_rate():
 
 def test_tile_grid_covers_the_padded_image():
     for (h, w, t) in [(1, 1, 64), (64, 64, 64), (65, 200, 128), (1000, 777, 256), (4000, 6000, 1024)]:
-        tiles = codec.tile_grid(h, w, t)
+        tiles = codec.tile_grid(h, w, t, 64)
         hp, wp = -(-h // 64) * 64, -(-w // 64) * 64
         cover = np.zeros((hp // 64, wp // 64), dtype=int)
         for top, left, th, tw in tiles:
@@ -63,7 +63,7 @@ def test_tile_grid_covers_the_padded_image():
             cover[top // 64:(top + th) // 64, left // 64:(left + tw) // 64] += 1
         assert (cover == 1).all()
         assert tiles == sorted(tiles)  # raster order
-    assert codec.tile_grid(100, 300, 0) == [(0, 0, 128, 320)]
+    assert codec.tile_grid(100, 300, 0, 64) == [(0, 0, 128, 320)]
 
 
 def test_default_tile_size_leaves_kodak_untiled():
@@ -103,10 +103,10 @@ def test_tiled_decode_identical_across_threads():
 
 
 def _file(net, height, width, tile_size, streams) -> bytes:
-    from lic.weights import fingerprint, model_id_of
+    from lic.weights import fingerprint
 
-    lh, lw = container.latent_size(height, width)
-    h = container.Header(model_id=model_id_of(net.config), mode=1, mode_frac=0, fingerprint=fingerprint(net),
+    lh, lw = container.latent_size(height, width, net.downsampling)
+    h = container.Header(model_id=net.model_id, mode=1, mode_frac=0, fingerprint=fingerprint(net),
                          height=height, width=width, channels=3, latent_channels=net.config.M,
                          latent_height=lh, latent_width=lw, tile_size=tile_size)
     return container.pack(h, streams)
@@ -132,7 +132,7 @@ def test_huge_declared_image_with_short_streams_fails_fast_and_small(monkeypatch
     """16384x16384 declared (allowed by the default Limits), 256 tiles of 1024, streams of a few bytes."""
     net = tiny_net()
     calls = []
-    monkeypatch.setattr(net, "decompress", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(net, "decode_latent", lambda *a, **k: calls.append(1))
     z = codec.encode_with_net(net, random_image(64, 64))  # a real z stream for a 64x64 tile, not 1024x1024
     z_stream = container.unpack(z)[1][0]
     data = _file(net, 16384, 16384, 1024, [z_stream, b"\0\0\0\0", b"\0\0\0\0"] * 256)
@@ -152,7 +152,7 @@ def test_corrupt_last_tile_fails_before_any_network_runs(monkeypatch):
     data = codec.encode_with_net(net, random_image(150, 150, seed=3), tile_size=64)
     header, streams = container.unpack(data)
     calls = []
-    monkeypatch.setattr(net, "decompress", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(net, "decode_latent", lambda *a, **k: calls.append(1))
     bad = list(streams)
     bad[-3] = bad[-3][:-4]  # the last tile's z stream, one word short
     with pytest.raises(codec.CodecError, match="hyper-latent"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lic.models.cheng2020 import Cheng2020GMM
 from lic.training.module import LitCodec
 
 CFG = {"N": 8, "num_modes": 3, "lmbdas": [0.002, 0.01, 0.05], "ste_synthesis": True}
@@ -11,7 +12,7 @@ CFG = {"N": 8, "num_modes": 3, "lmbdas": [0.002, 0.01, 0.05], "ste_synthesis": T
 
 def test_only_the_named_parts_train_and_the_rate_cannot_change():
     torch.manual_seed(0)
-    module = LitCodec(CFG, lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_s", "log_inv_gain"])
+    module = LitCodec(Cheng2020GMM(**CFG), lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_s", "log_inv_gain"])
     opt = module.configure_optimizers()["optimizer"]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     for n, p in module.net.named_parameters():
@@ -39,7 +40,7 @@ def test_only_the_named_parts_train_and_the_rate_cannot_change():
 
 def test_unknown_part_is_refused():
     with pytest.raises(ValueError, match="train_only"):
-        LitCodec(CFG, lmbda=None, train_only=["g_z"])
+        LitCodec(Cheng2020GMM(**CFG), lmbda=None, train_only=["g_z"])
 
 
 class _Drawn(Exception):
@@ -48,7 +49,7 @@ class _Drawn(Exception):
 
 def test_mode_weights_set_how_often_each_mode_trains():
     torch.manual_seed(0)
-    module = LitCodec(CFG, lmbda=None, mode_weights=[0, 1, 3])
+    module = LitCodec(Cheng2020GMM(**CFG), lmbda=None, mode_weights=[0, 1, 3])
     seen = []
 
     def forward(x, mode=None):   # record the drawn modes, skip the model
@@ -68,7 +69,7 @@ def test_mode_weights_set_how_often_each_mode_trains():
 @pytest.mark.parametrize("weights", [[1, 1], [1, -1, 1], [0, 0, 0], [1, float("nan"), 1]])
 def test_bad_mode_weights_are_refused(weights):
     with pytest.raises(ValueError, match="mode_weights"):
-        LitCodec(CFG, lmbda=None, mode_weights=weights)
+        LitCodec(Cheng2020GMM(**CFG), lmbda=None, mode_weights=weights)
 
 
 def test_encoder_fine_tuning_with_ste_rate_trains_on_what_is_coded_and_keeps_the_decoder():
@@ -76,16 +77,16 @@ def test_encoder_fine_tuning_with_ste_rate_trains_on_what_is_coded_and_keeps_the
     is the rounded one the coder sees (no noise), and train_only=[g_a, h_a, log_gain] changes the
     encoder alone: the decoder's parameters, hence the decoding of any given y_hat, are untouched."""
     torch.manual_seed(0)
-    module = LitCodec({**CFG, "ste_rate": True}, lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_a", "h_a", "log_gain"])
+    module = LitCodec(Cheng2020GMM(**CFG, ste_rate=True), lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_a", "h_a", "log_gain"])
     assert module.net.config.to_dict()["ste_rate"] is True
-    assert "ste_rate" not in LitCodec(CFG, lmbda=None).net.config.to_dict()   # older configs read the same
+    assert "ste_rate" not in LitCodec(Cheng2020GMM(**CFG), lmbda=None).net.config.to_dict()   # older configs read the same
     net, x = module.net, torch.rand(2, 3, 64, 64)
     net.eval()
     with torch.no_grad():
         rounded = net(x, mode=1.0)
     net.train()
     trained = net(x, mode=1.0)
-    assert torch.equal(trained.y_likelihoods, rounded.y_likelihoods)   # no noise: the rounded rate
+    assert torch.equal(trained.likelihoods["y"], rounded.likelihoods["y"])   # no noise: the rounded rate
     assert torch.equal(trained.x_hat, rounded.x_hat)
     trained.bpp_est().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.g_a.parameters())   # straight through

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from lic.models.cheng2020 import Cheng2020GMM
 from lic.training.module import LitCodec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def _module(**kw) -> LitCodec:
     torch.manual_seed(0)
     sched = {"name": "multistep", "gamma": 0.1, "budget_milestones": kw.pop("lr_budget_milestones", [])}
     kw = {"lmbda": 0.01, "optimizer": {"lr": LR, "aux_lr": AUX_LR}, "val_real_images": 0, "scheduler": sched, **kw}
-    return LitCodec({"N": 8}, **kw)
+    return LitCodec(Cheng2020GMM(N=8), **kw)
 
 
 class LrRecorder(L.Callback):
@@ -202,7 +203,7 @@ def test_init_weights_from_shifts_gains_by_lambda_ratio(tmp_path):
     from lic.weights import load_checkpoint
 
     path = _export(_vr_net(A), tmp_path / "a.safetensors", trained={"steps": 7, "images_seen": 14})
-    module = LitCodec({"N": 8, "num_modes": 3, "lmbdas": B}, lmbda=None)
+    module = LitCodec(Cheng2020GMM(N=8, num_modes=3, lmbdas=B), lmbda=None)
     assert not torch.equal(module.net.g_a[0].conv1.weight, load_checkpoint(path).g_a[0].conv1.weight)
 
     record = module.init_weights_from(path)
@@ -230,7 +231,7 @@ def test_init_weights_from_shifts_gains_by_lambda_ratio(tmp_path):
     ckpt = {"global_step": 3}
     module.on_save_checkpoint(ckpt)
     assert ckpt["lic_train_stats"]["init_from"] == record
-    resumed = LitCodec({"N": 8, "num_modes": 3, "lmbdas": B}, lmbda=None)
+    resumed = LitCodec(Cheng2020GMM(N=8, num_modes=3, lmbdas=B), lmbda=None)
     resumed.on_load_checkpoint(ckpt)
     assert resumed.train_stats()["init_from"] == record
 
@@ -239,7 +240,7 @@ def test_init_weights_from_same_lambdas_is_exact_copy(tmp_path):
     from lic.weights import load_checkpoint
 
     path = _export(_vr_net(A), tmp_path / "a.safetensors")
-    module = LitCodec({"N": 8, "num_modes": 3, "lmbdas": A}, lmbda=None)
+    module = LitCodec(Cheng2020GMM(N=8, num_modes=3, lmbdas=A), lmbda=None)
     record = module.init_weights_from(path)
     src = load_checkpoint(path).state_dict()
     assert all(torch.equal(v, src[k]) for k, v in module.net.state_dict().items())
@@ -252,7 +253,7 @@ def test_init_weights_from_same_lambdas_is_exact_copy(tmp_path):
 def test_init_weights_from_refuses_other_architectures(tmp_path, src_kw):
     lm = [0.001 * (i + 1) for i in range(src_kw.get("num_modes", 3))]
     path = _export(_vr_net(lm, **src_kw), tmp_path / "other.safetensors")
-    module = LitCodec({"N": 8, "num_modes": 3, "lmbdas": B}, lmbda=None)
+    module = LitCodec(Cheng2020GMM(N=8, num_modes=3, lmbdas=B), lmbda=None)
     with pytest.raises((RuntimeError, ValueError)):
         module.init_weights_from(path)
     assert "init_from" not in module.train_stats()

@@ -166,7 +166,7 @@ def test_schedule_runs(tmp_path, data_dirs, scheduler):
 def test_plateau_steps_once_per_validation():
     from lic.training.module import LitCodec
 
-    module = LitCodec({"N": 8}, lmbda=0.01, scheduler={"name": "plateau", "patience": 0, "factor": 0.5})
+    module = LitCodec(Cheng2020GMM(N=8), lmbda=0.01, scheduler={"name": "plateau", "patience": 0, "factor": 0.5})
     sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     module._val_step = 10
     for _ in range(3):   # the same validation's loss seen at three steps: one step of the schedule

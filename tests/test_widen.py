@@ -40,10 +40,10 @@ def test_widened_model_computes_what_the_source_did(context, src_M):
         for mode in (0.0, 1.5, 2.0):
             a, b = src(x, mode=mode), dst(x, mode=mode)
             torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
-            torch.testing.assert_close(b.z_likelihoods, a.z_likelihoods, rtol=0, atol=1e-6)
-            torch.testing.assert_close(b.y_likelihoods[:, :src_M], a.y_likelihoods, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b.likelihoods["z"], a.likelihoods["z"], rtol=0, atol=1e-6)
+            torch.testing.assert_close(b.likelihoods["y"][:, :src_M], a.likelihoods["y"], rtol=0, atol=1e-5)
             # the new channels are real channels: they cost bits
-            assert (b.y_likelihoods[:, src_M:] < 1).any()
+            assert (b.likelihoods["y"][:, src_M:] < 1).any()
 
 
 @pytest.mark.parametrize("context", ["checkerboard", "serial"])
@@ -57,8 +57,8 @@ def test_wider_transforms_compute_what_the_source_did(context, N, M):
         for mode in (0.0, 2.0):
             a, b = src(x, mode=mode), dst(x, mode=mode)
             torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
-            torch.testing.assert_close(b.z_likelihoods[:, :8], a.z_likelihoods, rtol=0, atol=1e-6)
-            torch.testing.assert_close(b.y_likelihoods[:, :12], a.y_likelihoods, rtol=0, atol=1e-5)
+            torch.testing.assert_close(b.likelihoods["z"][:, :8], a.likelihoods["z"], rtol=0, atol=1e-6)
+            torch.testing.assert_close(b.likelihoods["y"][:, :12], a.likelihoods["y"], rtol=0, atol=1e-5)
     # GDN: old channels do not see new ones (gamma 0 in compressai's storage), new ones are fresh
     gdn = dst.g_a[0].gdn
     gamma = gdn.gamma_reparam(gdn.gamma)
@@ -141,7 +141,7 @@ def test_same_modes_new_lambdas_move_each_gain_by_half_the_log_ratio(tmp_path, w
     src = _net(N=8, num_modes=3, lmbdas=old)
     path = tmp_path / "src.safetensors"
     export(src, path)
-    module = LitCodec({"N": 8, "num_modes": 3, "lmbdas": list(new), **widen}, lmbda=None)
+    module = LitCodec(Cheng2020GMM(N=8, num_modes=3, lmbdas=list(new), **widen), lmbda=None)
     module.init_weights_from(str(path))
     half_log = 0.5 * torch.log(torch.tensor(new, dtype=torch.float64) / torch.tensor(old, dtype=torch.float64))
     want = src.log_gain.detach().double() + half_log[:, None]              # (3, 8)
@@ -193,7 +193,7 @@ def test_init_weights_from_a_narrower_model_records_it(tmp_path):
     src = _net(N=8, num_modes=3, lmbdas=(0.002, 0.01, 0.05))
     path = tmp_path / "narrow.safetensors"
     export(src, path)
-    module = LitCodec({"N": 8, "M": 16, "num_modes": 4, "lmbdas": [0.001, 0.002, 0.01, 0.05]}, lmbda=None)
+    module = LitCodec(Cheng2020GMM(N=8, M=16, num_modes=4, lmbdas=[0.001, 0.002, 0.01, 0.05]), lmbda=None)
     record = module.init_weights_from(str(path))
     assert record["M"] == 8 and record["lmbdas"] == [0.002, 0.01, 0.05]
     assert module.train_stats()["init_from"] == record
@@ -214,7 +214,7 @@ def test_wider_g_s_entry_computes_what_the_source_did(src_M, N_s):
         for mode in (0.0, 2.0):
             a, b = src(x, mode=mode), dst(x, mode=mode)
             torch.testing.assert_close(b.x_hat, a.x_hat, rtol=0, atol=1e-5)
-            torch.testing.assert_close(b.y_likelihoods, a.y_likelihoods, rtol=0, atol=0)   # bits untouched
+            torch.testing.assert_close(b.likelihoods["y"], a.likelihoods["y"], rtol=0, atol=0)   # bits untouched
     # the new channels are read by nobody yet, and are not all alike
     w = dst.state_dict()
     assert torch.count_nonzero(w["g_s.2.subpel_conv.0.weight"][:, 8:]) == 0

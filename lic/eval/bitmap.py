@@ -209,7 +209,7 @@ def bit_map(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, *,
     m, frac, q, pixels = codec.prepare_input(net, pixels, mode)
     h, w = pixels.shape[:2]
     t = codec.choose_tile_size(h, w, tile_size)
-    tiles = codec.tile_grid(h, w, t)
+    tiles = codec.tile_grid(h, w, t, net.downsampling)
     hp, wp = tiles[-1][0] + tiles[-1][2], tiles[-1][1] + tiles[-1][3]
     M = net.config.M
     y_map = np.zeros((hp // 16, wp // 16), dtype=np.float64)
@@ -219,7 +219,7 @@ def bit_map(net: Cheng2020GMM, pixels: np.ndarray, mode: float = 1.0, *,
     net.eval()
     try:
         for top, left, th, tw in tiles:
-            x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]))
+            x = codec.pad(io.to_tensor(pixels[top:top + th, left:left + tw]), net.downsampling)
             yb, zb = _tile_bits(net, x, q)
             y_map[top // 16:(top + th) // 16, left // 16:(left + tw) // 16] = yb.sum(axis=0)
             z_map[top // 64:(top + th) // 64, left // 64:(left + tw) // 64] = zb.sum(axis=0)

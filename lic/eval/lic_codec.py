@@ -10,7 +10,7 @@ import numpy as np
 
 from lic import codec, container
 from lic.refine import RefineConfig
-from lic.weights import LoadedModel, fingerprint, load_checkpoint, load_model, model_id_of, read_registry
+from lic.weights import LEGACY_ARCH, LoadedModel, fingerprint, ladder_modes, load_checkpoint, load_model, read_registry
 
 
 @dataclass
@@ -38,8 +38,8 @@ class LicCodec:
         return _rebuild, (self.recipe, self.name, self.refine, self.adapt)
 
     def encode(self, pixels: np.ndarray, mode: float) -> bytes:
-        lm = self.models[mode]
-        return codec.encode_with_net(lm.net, pixels, mode if lm.net.config.num_modes > 1 else lm.mode, lm.fingerprint,
+        lm = self.models[mode]     # at the model's own mode for this setting
+        return codec.encode_with_net(lm.net, pixels, lm.mode_value, lm.fingerprint,
                                      refine=self.refine, adapt_layer=self.adapt)
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -57,11 +57,10 @@ class LicCodec:
         models: dict[float, LoadedModel] = {}
         for i, p in enumerate(paths):
             net = load_checkpoint(p)
-            mid = model_id_of(net.config)
-            lm = LoadedModel(net, mid, container.MODEL_IDS[mid], i + 1, 0, fingerprint(net), str(p))
-            if net.config.num_modes > 1:
-                for m in (modes or range(1, net.config.num_modes + 1)):
-                    models[float(m)] = lm
+            lm = LoadedModel(net, net.model_id, net.format.name, i + 1, 0, fingerprint(net), str(p))
+            if net.num_modes > 1:
+                for m in (modes or range(1, net.num_modes + 1)):
+                    models[float(m)] = lm.with_mode(float(m))
             else:
                 models[float(modes[i] if modes else i + 1)] = lm
         label = name or (f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
@@ -73,13 +72,14 @@ class LicCodec:
     @classmethod
     def shipped(cls, model: str | None = None, modes: Sequence[float] | None = None,
                 name: str | None = None, refine: RefineConfig | None = None, adapt: bool = False) -> "LicCodec":
-        """The shipped registry model(s)."""
-        entries = [e for e in read_registry() if (model is None and e.get("default")) or e["name"] == model]
-        if not entries:
-            entries = [e for e in read_registry() if model is None or e["name"] == model][:1]
-        all_modes = sorted({m for e in entries for m in e["modes"]})
-        models = {float(m): load_model(mode=float(m), model=entries[0]["name"] if entries else model)
-                  for m in (modes or all_modes)}
+        """The shipped registry model(s): ``model`` None, the registry's mode ladder (``encode.py -q``);
+        else the entries of that container model name or architecture, at their own modes."""
+        if model is None:
+            models = {float(m): load_model(mode=float(m)) for m in (modes or ladder_modes())}
+        else:
+            entries = [e for e in read_registry() if model in (e["name"], e.get("arch", LEGACY_ARCH))]
+            all_modes = sorted({m for e in entries for m in e["modes"]})
+            models = {float(m): load_model(mode=float(m), model=model) for m in (modes or all_modes)}
         first = models[min(models)]
         label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine) + adapt_label(adapt)
         return cls(label, models, description=f"lic shipped weights: {first.source}", refine=_active(refine),
@@ -114,5 +114,6 @@ def adapt_label(adapt: bool) -> str:
 
 def widths_label(config) -> str:
     """N=64, or N=64 M=192 where y is wider than the transforms (N_s=... where g_s's entry is)."""
+    n_s = getattr(config, "N_s", config.N)
     return (f"N={config.N}" + (f" M={config.M}" if config.M != config.N else "")
-            + (f" N_s={config.N_s}" if config.N_s != config.N else ""))
+            + (f" N_s={n_s}" if n_s != config.N else ""))

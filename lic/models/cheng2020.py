@@ -20,16 +20,16 @@ Optionally (``num_modes > 1``) the model is variable-rate: per-channel gain unit
 (0-based, continuous) interpolates the gain vectors of its neighbouring modes
 geometrically, so one model covers every mode and the rates between them.
 
-``forward`` (training, likelihood estimate) and ``compress`` / ``decompress``
-(real coding) quantize through ``lic.entropy.quantize`` in the same way: y_hat =
-round(y) in both, so ``bpp_est`` from ``forward`` in eval mode and the real bpp agree.
-The coding paths evaluate h_s, the context model and the mixture head through
+``forward`` (training, likelihood estimate) and ``encode_latent`` / ``decode_latent``
+(real coding, the protocol of ``lic.models.base``) quantize through ``lic.entropy.quantize`` in
+the same way: y_hat = round(y) in both, so ``bpp_est`` from ``forward`` in eval mode and the real
+bpp agree.  The coding paths evaluate h_s, the context model and the mixture head through
 ``lic.models.exact`` (format version 2), so every machine derives the same tables.
+
+Container ids 1-4 (``lic.container.MODELS``): checkerboard or serial, single- or variable-rate.
 """
 from __future__ import annotations
 
-import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -45,7 +45,6 @@ from compressai.layers import (
     conv3x3,
     subpel_conv3x3,
 )
-from compressai.models import CompressionModel
 from compressai.ops import LowerBound
 from torch import Tensor, nn
 
@@ -59,32 +58,23 @@ from lic.entropy.mixture import (
     support_of,
 )
 from lic.entropy.quantize import QuantMode, quantize
+from lic.entropy.rans import check_bottleneck_stream, entropy_model_tables
 from lic.layers import MaskedConv2d, checkerboard_masks
+from lic.models.base import (  # noqa: F401  (DECODER_THREADS, decoder_threads: re-exported for bench/)
+    DECODER_THREADS,
+    Coded,
+    LicModel,
+    RDOutput,
+    SubpelSynthesis,
+    bottleneck,
+    decoder_threads,
+)
 from lic.models.exact import ExactHead
-from lic.refine import RefineConfig, mode_lmbda, refine_latent
+from lic.models.registry import register
 
 CONTEXTS = ("checkerboard", "serial")
-
-
-DECODER_THREADS = 2  # a constant of the format's implementation: never derived from the machine
-
-
-@contextmanager
-def decoder_threads():
-    """Run the decoder-side networks (h_s, context, entropy parameters, g_s) on a FIXED thread count.
-
-    Measured here: oneDNN convolutions give results that differ in the last bit
-    between thread counts, enough to flip an 8-bit pixel now and then or, through
-    the mixture parameters, to desynchronise the entropy decoder. With the same
-    thread count (DECODER_THREADS, whatever the caller set and however many cores
-    the machine has) encoder and decoder compute the same bits in every process.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(DECODER_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# (context, variable-rate) -> the container's model id (lic.container.MODELS)
+_MODEL_IDS = {("checkerboard", False): 1, ("serial", False): 2, ("checkerboard", True): 3, ("serial", True): 4}
 
 
 @dataclass(frozen=True)
@@ -109,6 +99,7 @@ class ModelConfig:
     N_s: int | None = None           # channels of g_s's 1/16-resolution residual block; None: N (the paper)
 
     def __post_init__(self):
+        object.__setattr__(self, "lmbdas", tuple(float(v) for v in self.lmbdas))
         if self.M is None:
             object.__setattr__(self, "M", self.N)
         if self.N_s is None:
@@ -132,38 +123,14 @@ class ModelConfig:
         return cls(**d)
 
 
-@dataclass
-class RDOutput:
-    """What ``forward`` returns."""
+@register("cheng2020-gmm")
+class Cheng2020GMM(SubpelSynthesis, LicModel):
+    """Cheng 2020 attention model with a K-component discretized Gaussian mixture.
 
-    x_hat: Tensor          # (B, 3, H, W)
-    y_likelihoods: Tensor  # (B, M, H/16, W/16)
-    z_likelihoods: Tensor  # (B, N, H/64, W/64)
+    Streams of a tile: z, then y (two checkerboard passes, or one serial stream)."""
 
-    def bits(self) -> Tensor:
-        """Estimated bits per image, (B,)."""
-        ly = -torch.log2(self.y_likelihoods).flatten(1).sum(1)
-        lz = -torch.log2(self.z_likelihoods).flatten(1).sum(1)
-        return ly + lz
-
-    def bpp_est(self) -> Tensor:
-        """Mean estimated bits per pixel over the batch (a scalar)."""
-        b, _, h, w = self.x_hat.shape
-        return self.bits().sum() / (b * h * w)
-
-
-@dataclass
-class Compressed:
-    """Real bitstreams of one image (batch size 1): z first, then y."""
-
-    streams: list[bytes]
-    y_shape: tuple[int, int]   # latent (H/16, W/16) of the padded image
-    z_shape: tuple[int, int]   # hyper-latent (H/64, W/64)
-    y_hat: Tensor | None = None   # (1, M, H/16, W/16): the gain-scaled integers the streams code
-
-
-class Cheng2020GMM(CompressionModel):
-    """Cheng 2020 attention model with a K-component discretized Gaussian mixture."""
+    Config = ModelConfig
+    widenable = True   # init_from may start it from a narrower one: lic.training.widen knows its tensors
 
     def __init__(self, config: ModelConfig | None = None, **kwargs):
         config = config or ModelConfig(**kwargs)
@@ -228,10 +195,19 @@ class Cheng2020GMM(CompressionModel):
             self.log_gain = nn.Parameter(torch.tensor(init, dtype=torch.float32)[:, None].repeat(1, M))
             self.log_inv_gain = nn.Parameter(-self.log_gain.detach().clone())
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ identity
     @property
-    def downsampling(self) -> int:
-        return 64
+    def model_id(self) -> int:
+        return _MODEL_IDS[(self.config.context, self.config.num_modes > 1)]
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.M
+
+    # ------------------------------------------------------------------ helpers
+    def rate_of(self, q: float | None) -> tuple[Tensor, Tensor] | None:
+        """The (gain, inverse gain) of 0-based mode ``q``, (1, M, 1, 1) each; None for a single-rate model."""
+        return self._gains(q, 1, self.g_a[0].conv1.weight.device)
 
     def _gains(self, mode: Tensor | float | None, batch: int, device) -> tuple[Tensor, Tensor] | None:
         """Per-sample gain and inverse gain, (B, M, 1, 1), for continuous 0-based modes."""
@@ -255,20 +231,6 @@ class Cheng2020GMM(CompressionModel):
         logits, means, scales = params.reshape(B, 3, K, M, H, W).unbind(1)
         return torch.softmax(logits, dim=1), means, self.scale_lower_bound(scales)
 
-    def _z_hat(self, z: Tensor, mode: QuantMode) -> tuple[Tensor, Tensor]:
-        """Quantize z around the bottleneck's medians; returns (z_hat, likelihoods), both like z."""
-        eb = self.entropy_bottleneck
-        B, N, H, W = z.shape
-        values = z.permute(1, 0, 2, 3).reshape(N, 1, -1)                  # (N, 1, B*H*W)
-        medians = eb._get_medians()                                        # (N, 1, 1)
-        z_hat = quantize(values - medians, mode) + medians
-        z_lik, _, _ = eb._likelihood(z_hat)
-        z_lik = eb.likelihood_lower_bound(z_lik)
-
-        def back(t: Tensor) -> Tensor:
-            return t.reshape(N, B, H, W).permute(1, 0, 2, 3)
-        return back(z_hat), back(z_lik)
-
     # ------------------------------------------------------------------ training / estimate
     def forward(self, x: Tensor, mode: Tensor | float | None = None) -> RDOutput:
         """x: (B, 3, H, W) in [0, 1], H and W multiples of 64. Noise in train() (rounding straight
@@ -284,12 +246,12 @@ class Cheng2020GMM(CompressionModel):
         y_lik = self.latent_likelihood(y_hat, psi)
         y_syn = quantize(y, QuantMode.STE) if (self.training and self.config.ste_synthesis) else y_hat
         x_hat = self.synthesize(y_syn, gains)
-        return RDOutput(x_hat=x_hat, y_likelihoods=y_lik, z_likelihoods=z_lik)
+        return RDOutput(x_hat=x_hat, likelihoods={"y": y_lik, "z": z_lik})
 
     def hyper(self, y: Tensor, z_mode: QuantMode) -> tuple[Tensor, Tensor]:
         """The hyperprior of a (gain-scaled) y: (psi (B, 2M, H/16, W/16), z likelihoods (B, N, H/64, W/64))."""
         z = self.h_a(y)                                   # (B, N, H/64, W/64)
-        z_hat, z_lik = self._z_hat(z, z_mode)
+        z_hat, z_lik = bottleneck(self.entropy_bottleneck, z, z_mode)
         return self.h_s(z_hat), z_lik
 
     def latent_likelihood(self, y_hat: Tensor, psi: Tensor) -> Tensor:
@@ -320,24 +282,19 @@ class Cheng2020GMM(CompressionModel):
         """h_s(z_hat) as the coding paths use it: (1, 2M, 4h, 4w)."""
         return self.h_s(z_hat) if head is None else head.psi(z_hat)
 
-    @torch.no_grad()
-    def compress(self, x: Tensor, mode: float | None = None, exact: bool = True,
-                 refine: RefineConfig | None = None, valid: tuple[int, int] | None = None) -> Compressed:
-        """x: (1, 3, H, W) in [0, 1], H and W multiples of 64.  ``exact``: see ``coding_head``.
-
-        ``refine``: search for a cheaper y than g_a's before coding it (``lic.refine``; the decoder
-        is the same); ``valid``: the (h, w) of x that are image, not padding (its distortion).
-        """
-        if x.shape[0] != 1:
-            raise ValueError("compress codes one image at a time")
-        gains = self._gains(mode, 1, x.device)
+    def analyze(self, x: Tensor, rate: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The gain-scaled y (1, M, H/16, W/16) of a padded tile x (1, 3, H, W) in [0, 1]."""
         y = self.g_a(x)
-        if gains is not None:
-            y = y * gains[0]
-        if refine is not None and refine.steps > 0:
-            y = refine_latent(self, x, y, gains, mode_lmbda(self.config.lmbdas, mode), refine, valid).y
+        return y if rate is None else y * rate[0]
+
+    @torch.no_grad()
+    def encode_latent(self, y: Tensor, rate: tuple[Tensor, Tensor] | None = None, exact: bool = True) -> Coded:
+        """Code a gain-scaled y (1, M, h, w): streams z, then y (two checkerboard passes or one
+        serial stream); y_hat = round(y).  ``exact``: see ``coding_head``."""
+        if y.shape[0] != 1:
+            raise ValueError("encode_latent codes one tile at a time")
         z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like _z_hat
+        z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like bottleneck()
         y_sym = quantize(y, QuantMode.ROUND)
         streams = [z_strings[0]]
         with decoder_threads():  # the encoder derives its tables exactly as the decoder will
@@ -348,19 +305,33 @@ class Cheng2020GMM(CompressionModel):
                 streams += self._code_checkerboard(psi, y_sym, head=head)
             else:
                 streams += self._code_serial(psi, y_sym, head=head)
-        return Compressed(streams, tuple(y.shape[-2:]), tuple(z.shape[-2:]), y_hat=y_sym)
+        return Coded(streams, y_hat=y_sym)
+
+    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int]) -> None:
+        """The z stream replayed against the bottleneck's tables (``lic.entropy.rans``, CompressAI's
+        decoder reads past the end of a bad one), and the header of every y stream."""
+        h, w = tile[0] // self.downsampling, tile[1] // self.downsampling
+        check_bottleneck_stream(entropy_model_tables(self.entropy_bottleneck), streams[0], h * w)
+        for s in streams[1:]:
+            StreamReader(s)
 
     @torch.no_grad()
-    def decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None = None,
-                   exact: bool = True, last: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Inverse of ``compress`` (with the same ``exact``): returns x_hat (1, 3, 64 z_h, 64 z_w), unclamped.
-        ``last``: see ``synthesize``."""
+    def decode_latent(self, streams: Sequence[bytes], tile: tuple[int, int],
+                      rate: tuple[Tensor, Tensor] | None = None, exact: bool = True) -> Tensor:
+        """y_hat (1, M, h/16, w/16) of a tile of padded size ``tile`` from its streams (after
+        ``check_streams``)."""
+        z_shape = (tile[0] // self.downsampling, tile[1] // self.downsampling)
         with decoder_threads():
-            return self._decompress(streams, z_shape, mode, exact, last)
+            z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
+            head = self.coding_head(exact)
+            psi = self.coding_psi(z_hat, head)
+            if self.config.context == "checkerboard":
+                return self._code_checkerboard(psi, None, streams[1:], head=head)
+            return self._code_serial(psi, None, streams[1:], head=head)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
-        """g_s(round(y)) exactly as ``decompress`` computes it, without entropy coding: x_hat (B, 3, H, W)."""
+        """g_s(round(y)) exactly as the decoder computes it, without entropy coding: x_hat (B, 3, H, W)."""
         gains = self._gains(mode, x.shape[0], x.device)
         y = self.g_a(x)
         if gains is not None:
@@ -369,36 +340,17 @@ class Cheng2020GMM(CompressionModel):
         with decoder_threads():
             return self.synthesize(y_hat, gains)
 
-    def synthesize(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None,
-                   last: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x_hat (B, 3, H, W) from a gain-scaled y_hat (B, M, H/16, W/16): the inverse gain of
-        ``gains`` (the mode's (gain, inverse gain), or None for a single-rate model), then g_s.
-        ``last``: (weight, bias) to use in g_s's last convolution instead of its own (a file's
-        per-image update, ``lic.adapt``); the module itself is not changed."""
-        if last is None:
-            return self.g_s(self.synth_input(y_hat, gains))
-        feats = self.synth_features(y_hat, gains)                    # (B, N, H/2, W/2)
-        return self.g_s[-1][1](F.conv2d(feats, last[0], last[1], padding=1))   # conv, pixel shuffle
-
     def synth_input(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
         """What enters g_s: y_hat times the mode's inverse gain (y_hat itself for a single-rate model)."""
         return y_hat if gains is None else y_hat * gains[1]
 
-    def synth_features(self, y_hat: Tensor, gains: tuple[Tensor, Tensor] | None) -> Tensor:
-        """What enters g_s's last layer (B, N, H/2, W/2): everything of g_s but that layer
-        (the inputs ``lic.adapt`` fits the layer on)."""
-        return self.g_s[:-1](self.synth_input(y_hat, gains))
-
-    def _decompress(self, streams: Sequence[bytes], z_shape: tuple[int, int], mode: float | None,
-                    exact: bool, last: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
-        head = self.coding_head(exact)
-        psi = self.coding_psi(z_hat, head)
-        if self.config.context == "checkerboard":
-            y_hat = self._code_checkerboard(psi, None, streams[1:], head=head)
-        else:
-            y_hat = self._code_serial(psi, None, streams[1:], head=head)
-        return self.synthesize(y_hat, self._gains(mode, 1, psi.device), last)
+    def latent_rd(self, y_rate: Tensor, y_syn: Tensor, z_mode: QuantMode,
+                  gains: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """(bits of y_rate and of its z quantized by ``z_mode``, a scalar; g_s(y_syn) (1, 3, H, W)):
+        differentiable in both latents (the latent search, ``lic.refine``)."""
+        psi, z_lik = self.hyper(y_rate, z_mode)
+        y_lik = self.latent_likelihood(y_rate, psi)
+        return -torch.log2(y_lik).sum() - torch.log2(z_lik).sum(), self.synthesize(y_syn, gains)
 
     def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray],
                             head: ExactHead | None = None) -> Tensor:

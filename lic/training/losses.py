@@ -17,7 +17,7 @@ from pytorch_msssim import ms_ssim
 from torch import Tensor
 
 from lic.eval.metrics import MS_SSIM_MIN_SIDE
-from lic.models.cheng2020 import RDOutput
+from lic.models.base import RDOutput
 
 METRICS = ("mse", "ms-ssim")
 

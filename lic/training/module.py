@@ -1,44 +1,58 @@
-"""LightningModule: trains ``Cheng2020GMM`` on a rate-distortion loss with noise quantization.
+"""LightningModule: trains any registered model (``lic.models``) on a rate-distortion loss.
+
+It receives the network (``configs/model/NAME.yaml`` instantiates it with ``_target_``) and
+trains it through the model protocol: ``forward(x, mode) -> RDOutput`` (noise quantization in
+training, as the model defines it), CompressAI's ``aux_loss``.  A variable-rate model
+(``num_modes > 1``) draws a mode per image and weighs its distortion with that mode's lambda.
 
 The parts, each in its own module: the loss (``lic.training.losses``, ``loss=mse | ms-ssim``), the
 optimizer and LR schedule (``lic.training.optim``, ``optimizer=`` / ``scheduler=``), the weight
 average (``lic.training.ema``, a callback), the dashboards (``lic.training.dashboard``).  This
-class builds the network, runs the steps and validation, and keeps what a checkpoint must carry
-for an exact resume (the training facts, the LR budget drops, the RNG state).
+class runs the steps and validation, and keeps what a checkpoint must carry for an exact resume
+(the training facts, the LR budget drops, the RNG state).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
 
 import lightning as L
 import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.utils import update_registered_buffers
 
-from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
+from lic.models.base import LicModel
 from lic.training.losses import METRICS, rate_distortion_loss
 from lic.training.optim import build_optimizer, build_scheduler
 
-# the entropy bottleneck's coding tables: empty until update(), sized by it
-_TABLES = ("_quantized_cdf", "_offset", "_cdf_length")
+# the entropy models' coding tables: empty until update(), sized by it
+_TABLES = {EntropyBottleneck: ["_quantized_cdf", "_offset", "_cdf_length"],
+           GaussianConditional: ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"]}
 
 DEFAULT_OPTIMIZER = {"name": "adam", "lr": 1e-4, "aux_lr": 1e-3}
 DEFAULT_SCHEDULER = {"name": "multistep"}
 
 
 class LitCodec(L.LightningModule):
-    def __init__(self, model: dict, lmbda: float | None = 0.0067, loss: str = "mse",
+    """``model``: the network to train (a registered ``lic.models`` architecture)."""
+
+    def __init__(self, model: LicModel, lmbda: float | None = 0.0067, loss: str = "mse",
                  optimizer: dict | None = None, scheduler: dict | None = None,
                  val_real_images: int = 2, val_modes: list[float] | None = None,
                  train_only: list[str] | tuple[str, ...] | None = None,
                  mode_weights: list[float] | tuple[float, ...] | None = None):
         super().__init__()
+        if not isinstance(model, LicModel):
+            raise TypeError(f"LitCodec trains a lic.models network, got {type(model).__name__} "
+                            "(configs/model/*.yaml instantiate it with _target_)")
         if loss not in METRICS:
             raise ValueError(f"loss {loss!r}: one of {METRICS}")
         optimizer = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
         scheduler = {**DEFAULT_SCHEDULER, **(scheduler or {})}
         # logger=False: train.py logs the whole Hydra config once; these would replace parts of it
-        self.save_hyperparameters(logger=False)
+        self.save_hyperparameters(logger=False, ignore=["model"])
         self._build_net(model, lmbda, train_only, mode_weights)
         lambdas = list(self.config.lmbdas) if self.config.num_modes > 1 else [lmbda]
         if loss == "ms-ssim" and max(lambdas) < 0.5:   # MS-SSIM lambdas are ~1000x the MSE ones
@@ -60,9 +74,13 @@ class LitCodec(L.LightningModule):
 
     # ------------------------------------------------------------------ the network
 
-    def _build_net(self, model: dict, lmbda, train_only, mode_weights) -> None:
-        self.config = ModelConfig.from_dict(model)
-        self.net = Cheng2020GMM(self.config)
+    def _build_net(self, model: LicModel, lmbda, train_only, mode_weights) -> None:
+        if model.num_modes <= 1 and lmbda is not None:   # the lambda a single-rate network is trained at
+            model.config = dataclasses.replace(model.config, lmbdas=(float(lmbda),))
+        self.net = model
+        self.config = model.config
+        # what the checkpoint's hyperparameters record of the network (it is saved in the state dict)
+        self.hparams["model"] = {"arch": model.arch, **model.config.to_dict()}
         if train_only:   # e.g. [g_s, log_inv_gain]: the rest frozen (not in the optimizer)
             names = {n.split(".")[0] for n, _ in self.net.named_parameters()}
             unknown = sorted(set(train_only) - names)
@@ -231,18 +249,18 @@ class LitCodec(L.LightningModule):
             torch.nn.utils.clip_grad_value_(main, gradient_clip_val)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Size the entropy coder's tables like the checkpoint's before loading (resume, load_from_checkpoint).
+        """Size the entropy models' tables like the checkpoint's before loading (resume, load_from_checkpoint).
 
-        The tables (``_quantized_cdf``, ``_offset``, ``_cdf_length``) are empty until ``net.update()``
-        (called by the real-bitstream validation), so a checkpoint saved after a validation has them
-        and a fresh module does not: a plain ``load_state_dict`` fails on their shapes.  (Cheng2020GMM's
-        own load_state_dict does this through CompressAI, but Lightning loads the LightningModule.)
+        The tables (``_quantized_cdf``, ``_offset``, ``_cdf_length``; a Gaussian conditional's
+        ``scale_table``) are empty until ``net.update()`` (called by the real-bitstream validation),
+        so a checkpoint saved after a validation has them and a fresh module does not: a plain
+        ``load_state_dict`` fails on their shapes.  (The network's own load_state_dict does this
+        through CompressAI, but Lightning loads the LightningModule.)
         """
-        for name, buf in list(self.named_buffers()):
-            if name.rsplit(".", 1)[-1] in _TABLES and name in state_dict and state_dict[name].shape != buf.shape:
-                module_name, attr = name.rsplit(".", 1)
-                module = self.get_submodule(module_name)
-                module._buffers[attr] = torch.empty_like(state_dict[name], device=buf.device)
+        for name, module in self.named_modules():
+            names = next((b for kind, b in _TABLES.items() if isinstance(module, kind)), None)
+            if names and any(k.startswith(f"{name}.") for k in state_dict):
+                update_registered_buffers(module, name, names, state_dict, policy="resize")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def on_train_start(self):
@@ -280,7 +298,8 @@ class LitCodec(L.LightningModule):
     def init_weights_from(self, path: str) -> dict:
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
-        The source must be the same model (K, context; variable-rate or not), with transforms (N),
+        The source must be the same architecture.  For one that can be widened
+        (``widenable``: cheng2020-gmm) the source must be the same model (K, context; variable-rate or not), with transforms (N),
         y (M) and g_s's 1/16 stage (N_s) as wide as this one's or narrower: a narrower model is
         widened without changing what it computes (``lic.training.widen``).  Gains of a
         variable-rate model: with the same number of modes, mode i stays mode i and moves by half
@@ -293,12 +312,20 @@ class LitCodec(L.LightningModule):
 
         # a .safetensors export carries its training record in the metadata it is loaded with
         src, meta = load_safetensors(path) if str(path).endswith(".safetensors") else (load_checkpoint(path), {})
-        # one path for every start: the same size is the case where no channel is new
-        self.net.load_state_dict(widened_state(src, self.net), strict=True)
+        if src.arch != self.net.arch:
+            raise ValueError(f"init_from: the source is a {src.arch} model, this run trains {self.net.arch}")
+        if getattr(self.net, "widenable", False):
+            # one path for every start: the same size is the case where no channel is new
+            self.net.load_state_dict(widened_state(src, self.net), strict=True)
+        else:
+            if src.config.to_dict() != {**self.config.to_dict(), "lmbdas": src.config.to_dict().get("lmbdas")}:
+                raise ValueError(f"init_from: the source's config {src.config.to_dict()} is not this run's "
+                                 f"{self.config.to_dict()} (only {self.net.arch} of the same size)")
+            self.net.load_state_dict(src.state_dict(), strict=True)
         old = tuple(src.config.lmbdas)
         record = {"from": str(path), "lmbdas": list(old)}
         for width in ("M", "N", "N_s"):   # the source's widths where this run widened them
-            if getattr(src.config, width) != getattr(self.config, width):
+            if getattr(src.config, width, None) != getattr(self.config, width, None):
                 record[width] = getattr(src.config, width)
         if meta.get("lic_trained"):
             record["trained"] = json.loads(meta["lic_trained"])
@@ -333,6 +360,7 @@ class LitCodec(L.LightningModule):
         return next((c.decay for c in callbacks if isinstance(c, EMA) and c.shadow is not None), None)
 
     def on_save_checkpoint(self, checkpoint):
+        checkpoint["lic_arch"] = self.net.arch
         checkpoint["lic_model_config"] = json.dumps(self.config.to_dict())
         checkpoint["lic_train_stats"] = self.train_stats()
         checkpoint["lic_lr_budget_drops"] = list(self._budget_drops)

@@ -1,6 +1,7 @@
 """Start a wider model from a trained narrower one: the transforms grow from N_src to N channels,
 y from M_src to M and g_s's 1/16-resolution block from N_s_src to N_s (each as wide or wider),
-and a variable-rate model may change its number of modes.
+and a variable-rate model may change its number of modes.  For the architectures that say they
+can be widened so (``widenable``: cheng2020-gmm, whose tensors this module knows by name).
 
 Function-preserving ("net2net") widening: every tensor of the new model that has a y-sized (M)
 dimension, or one derived from it (the attention blocks' M/2 hidden units, the context and hyper
@@ -29,12 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lic.models.cheng2020 import Cheng2020GMM
+from lic.models.base import LicModel
 
 GAIN_KEYS = {"log_gain": 0.5, "log_inv_gain": -0.5}   # parameter -> slope in log lambda
 
 
-def check_widenable(src: Cheng2020GMM, dst: Cheng2020GMM) -> None:
+def check_widenable(src: LicModel, dst: LicModel) -> None:
     """Raise ValueError unless ``dst`` can start from ``src`` (same model, as wide or wider)."""
     s, d = src.config, dst.config
     for field in ("K", "context"):
@@ -100,7 +101,7 @@ def _index_map(key: str, dim: int, old: int, new: int, m_src: int, M: int, K: in
     return torch.arange(old)                                          # the old channels first
 
 
-def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) -> dict[str, Tensor]:
+def widened_state(src: LicModel, dst: LicModel, new_scale: float = 0.1) -> dict[str, Tensor]:
     """``dst``'s state dict with ``src`` embedded (see the module docstring); ``dst`` is unchanged."""
     check_widenable(src, dst)
     m_src, n_src, M, K = src.config.M, src.config.N, dst.config.M, dst.config.K
@@ -156,7 +157,7 @@ def widened_state(src: Cheng2020GMM, dst: Cheng2020GMM, new_scale: float = 0.1) 
     return out
 
 
-def _gdn_zeros(net: Cheng2020GMM) -> dict[str, float]:
+def _gdn_zeros(net: LicModel) -> dict[str, float]:
     """State-dict key of each (I)GDN gamma -> the stored value that means gamma = 0 (compressai
     keeps sqrt(gamma + pedestal), lower-bounded): what "no weight" is in that storage."""
     from compressai.layers import GDN
