@@ -26,7 +26,9 @@ streams is (number of tiles) x (streams per tile), that every hyper-latent
 stream decodes within its bytes and ends exactly where the encoder started
 (:func:`check_hyper_stream`, a bounds-checked replay of CompressAI's rANS
 decoder, which itself reads past the end of a short or corrupt string), and
-that every latent stream has a valid header. Any failure while decoding is a
+that every latent stream has a valid header whose symbol range lies within
+what the model codes at the file's mode (``symbol_bound``: the tables cost that
+range per symbol, so the decoder's work stays that of a real file). Any failure while decoding is a
 :class:`CodecError` (a :class:`~lic.container.FormatError`), never another
 exception (MemoryError aside). See docs/robustness.md.
 """
@@ -179,9 +181,9 @@ def check_hyper_stream(tables: list[tuple[list[int], int]], data: bytes, positio
         raise CodecError("corrupt hyper-latent stream (does not end where it should)")
 
 
-def _check_latent_stream(data: bytes) -> None:
+def _check_latent_stream(data: bytes, bound: int | None) -> None:
     try:
-        StreamReader(data)
+        StreamReader(data, bound)
     except MixtureStreamError as e:
         raise CodecError(str(e)) from None
 
@@ -280,10 +282,11 @@ def _decode(net: Cheng2020GMM, header: Header, streams: list[bytes], fp: int) ->
 
     # Check every stream before any network runs: a corrupt file fails before it costs anything.
     tables = _hyper_tables(net)
+    bound = net.symbol_bound(q)   # a y stream's tables cost its declared range per symbol
     for i, (_, _, th, tw) in enumerate(tiles):
         check_hyper_stream(tables, streams[i * spt], (th // PAD) * (tw // PAD))
         for s in streams[i * spt + 1:(i + 1) * spt]:
-            _check_latent_stream(s)
+            _check_latent_stream(s, bound)
 
     # Pages of the output are only touched as tiles are written.
     out = np.empty((header.height, header.width, 3), dtype=np.uint8)

@@ -65,6 +65,13 @@ from lic.refine import RefineConfig, mode_lmbda, refine_latent
 
 CONTEXTS = ("checkerboard", "serial")
 
+# The coded symbols of a variable-rate model are round(y x gain) with |y| at most Y_LIMIT, so at most
+# ceil(Y_LIMIT x the mode's largest gain) in magnitude (``symbol_bound``): the encoder clamps to it and
+# the decoder refuses streams that declare more, which bounds the decoder's table work per symbol.
+# The shipped model's |y| (before the gain) reaches 35 on Kodak, the standard images and synthetic
+# edges, noise and checkerboards (docs/robustness.md): no natural image comes near the limit.
+Y_LIMIT = 64
+
 
 DECODER_THREADS = 2  # a constant of the format's implementation: never derived from the machine
 
@@ -247,6 +254,24 @@ class Cheng2020GMM(CompressionModel):
         lig = (1 - f) * self.log_inv_gain[i] + f * self.log_inv_gain[i + 1]
         return lg.exp()[:, :, None, None], lig.exp()[:, :, None, None]
 
+    def symbol_bound(self, mode: float | None) -> int | None:
+        """The largest |symbol| of y coded at 0-based ``mode``: ceil(Y_LIMIT x the largest gain of the
+        two integer modes around it, which bound the interpolated gains); None for a single-rate
+        model (the stream format's MAX_SUPPORT alone applies).  Computed in float64 from the stored
+        log-gains, the same on both sides of the coder."""
+        if self.config.num_modes <= 1:
+            return None
+        q = min(max(float(mode), 0.0), float(self.config.num_modes - 1))
+        log_gain = self.log_gain.detach().to(torch.float64)
+        top = float(torch.maximum(log_gain[math.floor(q)], log_gain[math.ceil(q)]).max())
+        return math.ceil(Y_LIMIT * math.exp(top))
+
+    def coding_symbols(self, y: Tensor, mode: float | None) -> Tensor:
+        """The integers the coder writes for a gain-scaled y: round(y), clamped to ``symbol_bound``."""
+        y_sym = quantize(y, QuantMode.ROUND)
+        bound = self.symbol_bound(mode)
+        return y_sym if bound is None else y_sym.clamp(-bound, bound)
+
     def _mixture(self, ctx: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(weights, means, scales), each (B, K, M, H, W), from context and hyper features."""
         B, _, H, W = psi.shape
@@ -338,7 +363,7 @@ class Cheng2020GMM(CompressionModel):
             y = refine_latent(self, x, y, gains, mode_lmbda(self.config.lmbdas, mode), refine, valid).y
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like _z_hat
-        y_sym = quantize(y, QuantMode.ROUND)
+        y_sym = self.coding_symbols(y, mode)
         streams = [z_strings[0]]
         with decoder_threads():  # the encoder derives its tables exactly as the decoder will
             z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -394,10 +419,11 @@ class Cheng2020GMM(CompressionModel):
         z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
         head = self.coding_head(exact)
         psi = self.coding_psi(z_hat, head)
+        bound = self.symbol_bound(mode)
         if self.config.context == "checkerboard":
-            y_hat = self._code_checkerboard(psi, None, streams[1:], head=head)
+            y_hat = self._code_checkerboard(psi, None, streams[1:], head=head, bound=bound)
         else:
-            y_hat = self._code_serial(psi, None, streams[1:], head=head)
+            y_hat = self._code_serial(psi, None, streams[1:], head=head, bound=bound)
         return self.synthesize(y_hat, self._gains(mode, 1, psi.device), last)
 
     def checkerboard_passes(self, psi: Tensor, code: Callable[[int, Tensor, CodingParams], np.ndarray],
@@ -455,10 +481,11 @@ class Cheng2020GMM(CompressionModel):
         return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
 
     def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
-                           head: ExactHead | None = None):
-        """Encode (y_sym given: returns two streams) or decode (returns y_hat)."""
+                           head: ExactHead | None = None, bound: int | None = None):
+        """Encode (y_sym given: returns two streams) or decode (returns y_hat; ``bound``: see StreamReader)."""
         if y_sym is None:
-            return self.checkerboard_passes(psi, lambda p, sel, params: StreamReader(streams[p]).read(params), head)
+            return self.checkerboard_passes(
+                psi, lambda p, sel, params: StreamReader(streams[p], bound).read(params), head)
         out: list[bytes] = []
 
         def write(p: int, sel: Tensor, params: CodingParams) -> np.ndarray:
@@ -472,10 +499,10 @@ class Cheng2020GMM(CompressionModel):
         return out
 
     def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
-                     head: ExactHead | None = None):
-        """Encode (y_sym given: returns one stream) or decode (returns y_hat)."""
+                     head: ExactHead | None = None, bound: int | None = None):
+        """Encode (y_sym given: returns one stream) or decode (returns y_hat; ``bound``: see StreamReader)."""
         if y_sym is None:
-            reader = StreamReader(streams[0])
+            reader = StreamReader(streams[0], bound)
             return self.serial_positions(psi, lambda h, w, params: reader.read(params), head)
         sym_all = y_sym.to(torch.int64).numpy()                             # (1, M, H, W)
         writer = StreamWriter(*support_of(sym_all))
