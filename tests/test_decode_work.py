@@ -101,8 +101,9 @@ def test_bound_grows_with_the_gain_and_covers_fractional_modes():
 
 
 def test_shipped_model_codes_natural_images_well_inside_the_bound(kodak_crop):
-    """The shipped default on a Kodak crop: the encoder's own symbol ranges stay below 60 % of the
-    bound at every mode tried (so nothing natural is clamped, and no file it wrote is refused)."""
+    """The shipped default on a Kodak crop: the encoder's own symbols stay within 70 % of the bound
+    at every mode tried (nothing natural is clamped, and no file it wrote before the bound existed
+    is refused; on all of Kodak the widest is 2/3 of it, docs/robustness.md)."""
     from lic.weights import load_model
 
     if not KODAK.exists():
@@ -113,4 +114,4 @@ def test_shipped_model_codes_natural_images_well_inside_the_bound(kodak_crop):
         header, streams = container.unpack(codec.encode_with_net(lm.net, px, mode, lm.fingerprint))
         bound = lm.net.symbol_bound(mode - 1)
         widest = max(max(-lo, hi) for lo, hi in (struct.unpack(">hh", s[:4]) for s in streams[1:3]))
-        assert widest <= 0.6 * bound, (mode, widest, bound)
+        assert widest <= 0.7 * bound, (mode, widest, bound)
