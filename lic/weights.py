@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lic.container import MODEL_IDS
+from lic.container import MODEL_IDS, FormatError
 from lic.registry import read_registry, weights_dir  # noqa: F401  (re-exported: lic.weights.read_registry)
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
 
@@ -164,9 +164,21 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     cands.sort(key=lambda e: not e.get("default"))   # among entries of one name, the default first
     if not cands:
         if fp is not None:
+            _raise_field_mismatch(entries, model_id, fp)
             raise WeightsError("no shipped weights match this file's fingerprint (made with other weights? give them with --checkpoint)")
         raise UnknownModeError(f"no shipped model {model or ''} has mode {mode:g}".replace("  ", " "))
     return cands[0]
+
+
+def _raise_field_mismatch(entries: list[dict], model_id: int | None, fp: int) -> None:
+    """A file whose fingerprint names shipped weights but whose model_id names another model has a
+    corrupt header: say which field disagrees (FormatError), rather than blame the fingerprint."""
+    known = [e for e in entries if e["fingerprint"] == fp]
+    if known and model_id is not None and MODEL_IDS.get(model_id) != known[0]["name"]:
+        ids = {name: i for i, name in MODEL_IDS.items()}
+        raise FormatError(f"lic: corrupt file: its model_id {model_id} ({MODEL_IDS.get(model_id)}) does not match "
+                          f"the weights its fingerprint {fp:08x} names ({known[0]['file']}: model_id "
+                          f"{ids.get(known[0]['name'])}, {known[0]['name']})")
 
 
 def _load_entry(entry: dict) -> tuple[Cheng2020GMM, str]:
