@@ -29,15 +29,20 @@ a failed run never leaves a partial or truncated OUT behind.
 Exit status:
     0  success
     1  runtime failure: missing or bad weights, cannot write the output,
-       missing output directory, unexpected error
+       missing or unwritable output directory, unexpected error
     2  usage error: bad arguments, unknown mode or model, output would
        overwrite the input, unknown output image extension
     3  invalid or corrupt input: unreadable or unsupported image, not a
        .lic file, corrupt .lic file, a .lic file these weights cannot decode
 
-Errors are one line on stderr, ``lic-encode: error: ...``; set LIC_DEBUG=1
-for a traceback.  Heavy modules (torch, the model) are imported only when
-needed, so ``--help`` and ``--version`` are fast.
+Errors are one line on stderr, ``lic-encode: error: ...`` (a usage error ends
+with a hint to ``-h``; argparse's usage block is not printed); set LIC_DEBUG=1
+for a traceback.  What is cheap is checked first: the arguments, then the model
+and mode against the registry, then whether OUT can be written (a temporary
+file is created beside it and removed), then the input is read, and only then
+are torch, CompressAI and the weights loaded; so ``--help``, ``--version`` and
+every usage error import nothing heavy.  With ``--checkpoint`` the mode is
+checked once the weights are read.
 """
 
 from __future__ import annotations

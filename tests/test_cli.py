@@ -186,6 +186,15 @@ def test_edited_model_id_names_the_field(tmp_path):
     assert listing(tmp_path) == ["edited.lic"]
 
 
+def test_library_names_an_unshipped_model():
+    """lic.weights.load_model for a model nothing ships, with no mode: UnknownModeError naming it
+    (formatting the missing mode used to raise a TypeError)."""
+    from lic.weights import UnknownModeError, load_model
+
+    with pytest.raises(UnknownModeError, match="^no shipped model cheng2020-gmm-checkerboard$"):
+        load_model(model="cheng2020-gmm-checkerboard")
+
+
 def test_non_image_input(tmp_path):
     src = tmp_path / "notes.txt"
     src.write_text("this is not an image\n" * 20)
