@@ -386,12 +386,13 @@ class Cheng2020GMM(CompressionModel):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
-        """g_s(round(y)) exactly as ``decompress`` computes it, without entropy coding: x_hat (B, 3, H, W)."""
+        """g_s of the coded integers, exactly as ``decompress`` computes it, without entropy coding:
+        x_hat (B, 3, H, W)."""
         gains = self._gains(mode, x.shape[0], x.device)
         y = self.g_a(x)
         if gains is not None:
             y = y * gains[0]
-        y_hat = quantize(y, QuantMode.ROUND)
+        y_hat = self.coding_symbols(y, mode)
         with decoder_threads():
             return self.synthesize(y_hat, gains)
 
