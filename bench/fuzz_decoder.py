@@ -13,6 +13,10 @@ checkerboard, serial and variable-rate; untiled and tiled at 64 pixels):
              delete, duplicate, header field set to a boundary value), CRC recomputed
 * stream+crc one stream (or the stream table) mutated, the file repacked with a valid CRC:
              these reach the stream checks and the entropy decoders
+* range+crc  every y stream of the file declares one hostile symbol range (the widest the decoder
+             accepts at the file's mode, one past it, the widest the stream format allows, or a
+             random one inside the accepted range), its words kept or dropped, CRC recomputed:
+             the decoder's table work is bounded by the accepted range (bench/hostile_decode.py)
 
 Each input runs under a per-input time limit (SIGALRM, --timeout seconds); its
 peak RSS is measured through /proc/self/clear_refs + VmHWM (Linux), as growth
@@ -53,7 +57,7 @@ import torch  # noqa: E402
 
 from lic import codec, container  # noqa: E402
 from lic.container import FormatError  # noqa: E402
-from lic.entropy.mixture import MixtureStreamError  # noqa: E402
+from lic.entropy.mixture import MAX_SUPPORT, MixtureStreamError  # noqa: E402
 from lic.eval.memory import peak_rss_mb, reset_peak_rss  # noqa: E402
 from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
 from lic.weights import fingerprint  # noqa: E402
@@ -166,9 +170,30 @@ def mutate_stream(rng: random.Random, s: bytes, others: list[bytes]) -> bytes:
     return bytes(b)
 
 
-def make_input(rng: random.Random, seeds: list[bytes]) -> tuple[str, bytes]:
+def hostile_ranges(rng: random.Random, nets: dict[int, tuple[Cheng2020GMM, int]], seed: bytes) -> bytes:
+    """``seed`` with every y stream declaring one hostile symbol range (see the module docstring)."""
+    header, streams = container.unpack(seed)
+    net = nets[header.model_id][0]
+    q = None if net.config.num_modes <= 1 else header.mode - 1 + header.mode_frac / 256
+    bound = net.symbol_bound(q)
+    widest = MAX_SUPPORT // 2 - 1 if bound is None else bound
+    inside = tuple(sorted(rng.randint(-widest, widest) for _ in range(2)))
+    lo, hi = rng.choice([(-widest, widest), (-widest - 1, widest), (-widest, widest + 1),
+                         (-(MAX_SUPPORT // 2), MAX_SUPPORT // 2 - 1), inside])
+    keep = rng.random() < 0.5
+    spt = header.streams_per_tile
+    extra = int(header.has_update)
+    out = [s if i % spt == 0 or i >= len(streams) - extra else struct.pack(">hh", lo, hi) + (s[4:] if keep else b"")
+           for i, s in enumerate(streams)]
+    return container.pack(header, out)
+
+
+def make_input(rng: random.Random, seeds: list[bytes], nets: dict[int, tuple[Cheng2020GMM, int]]) -> tuple[str, bytes]:
     seed = rng.choice(seeds)
     r = rng.random()
+    if r < 0.10:
+        return "range+crc", hostile_ranges(rng, nets, seed)
+    r = (r - 0.10) / 0.90          # the other mutators share the rest as before
     if r < 0.03:
         data = rand_bytes(rng, rng.randrange(0, 600))
         if rng.random() < 0.5:
@@ -279,7 +304,7 @@ def main(argv=None) -> int:
     start = last = time.perf_counter()
     n = 0
     while n < args.inputs and time.perf_counter() - start < args.seconds:
-        kind, data = make_input(rng, seeds)
+        kind, data = make_input(rng, seeds, nets)
         if per_input_rss:
             reset_peak_rss()
         t0 = time.perf_counter()

@@ -29,15 +29,20 @@ a failed run never leaves a partial or truncated OUT behind.
 Exit status:
     0  success
     1  runtime failure: missing or bad weights, cannot write the output,
-       missing output directory, unexpected error
+       missing or unwritable output directory, unexpected error
     2  usage error: bad arguments, unknown mode or model, output would
        overwrite the input, unknown output image extension
     3  invalid or corrupt input: unreadable or unsupported image, not a
        .lic file, corrupt .lic file, a .lic file these weights cannot decode
 
-Errors are one line on stderr, ``lic-encode: error: ...``; set LIC_DEBUG=1
-for a traceback.  Heavy modules (torch, the model) are imported only when
-needed, so ``--help`` and ``--version`` are fast.
+Errors are one line on stderr, ``lic-encode: error: ...`` (a usage error ends
+with a hint to ``-h``; argparse's usage block is not printed); set LIC_DEBUG=1
+for a traceback.  What is cheap is checked first: the arguments, then the model
+and mode against the registry, then whether OUT can be written (a temporary
+file is created beside it and removed), then the input is read, and only then
+are torch, CompressAI and the weights loaded; so ``--help``, ``--version`` and
+every usage error import nothing heavy.  With ``--checkpoint`` the mode is
+checked once the weights are read.
 """
 
 from __future__ import annotations
@@ -136,10 +141,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (``prog: error: ...``, a hint to -h),
+    without the usage block, like every other error of the tools."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Exit(EXIT_USAGE, f"{message} (see {self.prog} -h)")
+
+
 def _parser(prog: str, description: str, default_ext: str,
             extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=_EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog=prog, description=description, epilog=_EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="input file, or - for stdin")
     p.add_argument("-o", "--output", metavar="OUT",
                    help=f"output file, or - for stdout (default: INPUT with {default_ext})")
@@ -160,14 +173,13 @@ def _parser(prog: str, description: str, default_ext: str,
 def _parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         return p.parse_args(argv)
-    except SystemExit as e:  # --help, --version (0) or a usage error (2): return, don't exit
+    except SystemExit as e:  # --help, --version (0): return, don't exit
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
         raise _Exit(code, "") from None
 
 
 def _usage(p: argparse.ArgumentParser, message: str) -> NoReturn:
-    p.print_usage(sys.stderr)
-    raise _Exit(EXIT_USAGE, message)
+    p.error(message)
 
 
 def _common(p: argparse.ArgumentParser, args: argparse.Namespace, default_ext: str) -> _Common:
@@ -185,13 +197,28 @@ def _common(p: argparse.ArgumentParser, args: argparse.Namespace, default_ext: s
         _usage(p, f"output {out!r} is the input file; choose another with -o")
     if out == "-" and sys.stdout.isatty():
         _usage(p, "refusing to write binary data to a terminal; redirect stdout or use -o")
-    if out != "-":
-        directory = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(directory):
-            raise _Exit(EXIT_FAILURE, f"output directory {directory!r} does not exist")
     checkpoint = args.checkpoint or os.environ.get("LIC_CHECKPOINT") or None
     return _Common(input=src, output=out, checkpoint=checkpoint, verbose=args.verbose,
                    quiet=args.quiet, max_pixels=args.max_pixels)
+
+
+def _check_writable(path: str) -> None:
+    """Fail now, before any work, when OUT cannot be written: its directory must exist, OUT must not
+    be a directory, and a temporary file is created beside it (where the output will be written,
+    then renamed) and removed at once."""
+    if path == "-":
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise _Exit(EXIT_FAILURE, f"output directory {directory!r} does not exist")
+    if os.path.isdir(path):
+        raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: it is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -285,6 +312,47 @@ def _run(prog: str, body: Callable[[], int]) -> int:
         return EXIT_FAILURE
 
 
+def _shipped_models() -> list[str]:
+    """'3=cheng2020-gmm-vr-checkerboard (modes 1-8)' for each model the registry ships (no torch)."""
+    from lic.container import MODEL_IDS
+    from lic.registry import describe_modes, mode_ranges, read_registry
+
+    ids = {name: i for i, name in MODEL_IDS.items()}
+    return [f"{ids.get(name, '?')}={name} ({describe_modes(mode_ranges(name))})"
+            for name in dict.fromkeys(e["name"] for e in read_registry())]
+
+
+def _model_of(p: argparse.ArgumentParser, arg: str | None, checkpoint: str | None) -> str | None:
+    """The model ``--model`` asks for (a container model name or an architecture): a shipped one,
+    or with a checkpoint any the format knows (the checkpoint must then hold it); a usage error
+    otherwise."""
+    if arg is None:
+        return None
+    from lic.container import MODEL_IDS, MODELS
+    from lic.registry import mode_ranges, read_registry
+
+    name = MODEL_IDS.get(int(arg)) if arg.isdigit() else arg
+    if checkpoint is not None:
+        archs = sorted({m.arch for m in MODELS.values()})
+        if name not in MODEL_IDS.values() and name not in archs:
+            _usage(p, f"unknown model {arg!r} (the format's models: "
+                      + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items()) + "; architectures: "
+                      + ", ".join(archs) + ")")
+    elif read_registry() and (name is None or not mode_ranges(name)):   # no registry: exit 1 when loading
+        _usage(p, f"no shipped model {arg}; shipped: " + ", ".join(_shipped_models()))
+    return name
+
+
+def _check_shipped_mode(p: argparse.ArgumentParser, model: str | None, mode: float) -> None:
+    """A usage error unless a shipped entry of ``model`` (None: the default) codes ``mode``."""
+    from lic.registry import describe_modes, mode_ranges
+
+    ranges = mode_ranges(model)
+    if ranges and not any(lo <= mode <= hi for lo, hi in ranges):
+        _usage(p, f"mode {mode:g} is not a mode of the shipped {model or 'default'} model "
+                  f"({describe_modes(ranges)})")
+
+
 def _load_weights_errors():
     from lic.weights import UnknownModeError, WeightsError
 
@@ -299,7 +367,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
     prog = "lic-encode"
 
     def body() -> int:
-        from lic.container import MODEL_IDS, MODELS
+        from lic.container import MODEL_IDS, MODELS   # (standard library only)
 
         archs = sorted({m.arch for m in MODELS.values()})
 
@@ -319,18 +387,20 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
                                 "about 3 %% fewer bits for the same PSNR on Kodak for 0.2-0.4 s more "
                                 "encoding; lic.adapt, docs/adapt.md)")
             p.add_argument("--model", metavar="NAME", default=None,
-                           help="a registered model by architecture (" + ", ".join(archs) + "), or by "
-                                "container name or number (" + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items())
-                                + "); -q is then that model's own mode (default: the registry's ladder of modes)")
+                           help="a shipped model by number, container name or architecture: "
+                                + (", ".join(_shipped_models()) or "none") + "; -q is then that model's own "
+                                "mode (default: the registry's ladder of modes). With --checkpoint, the model the "
+                                "checkpoint must hold: " + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items())
+                                + ", or an architecture (" + ", ".join(archs) + ")")
 
         p = _parser(prog, "Compress an image into a .lic file.", ".lic", extra)
         args = _parse(p, argv)
-        model: str | None = None
-        if args.model is not None:
-            model = MODEL_IDS.get(int(args.model)) if args.model.isdigit() else args.model
-            if model not in MODEL_IDS.values() and model not in archs:
-                _usage(p, f"unknown model {args.model!r} (choose from " + ", ".join(archs) + ")")
         opts = _common(p, args, ".lic")
+        # what can be checked from the arguments and the registry, before the image or any model is read
+        model = _model_of(p, args.model, opts.checkpoint)
+        if args.quality is not None and opts.checkpoint is None:
+            _check_shipped_mode(p, model, args.quality)
+        _check_writable(opts.output)
         start = time.perf_counter()
 
         from lic.io import InputError, read_image
@@ -460,6 +530,7 @@ def decode_main(argv: Sequence[str] | None = None) -> int:
             fmt = output_format("out.png" if opts.output == "-" else opts.output)
         except ValueError as e:
             _usage(p, _one_line(e))
+        _check_writable(opts.output)
         start = time.perf_counter()
 
         from lic import container

@@ -27,9 +27,11 @@ the decoder refuses files whose tiles (or untiled image) are larger.
 Untrusted input. Before any network runs, the decoder checks that the number of
 streams is (number of tiles) x (streams per tile) and runs the model's own stream checks
 (``net.check_streams``: cheng2020-gmm replays every hyper-latent stream against its tables and
-checks every latent stream's header).  Every stream that CompressAI's rANS decoder reads is
-first replayed with bounds checks (``lic.entropy.rans``; that decoder itself reads past the end
-of a short or corrupt string).  Any failure while decoding is a :class:`CodecError` (a
+checks every latent stream's header, whose symbol range must lie within what the model codes at
+the file's mode, ``symbol_bound``: the tables cost that range per symbol, so the decoder's work
+stays that of a real file).  Every stream that CompressAI's rANS decoder reads is first replayed
+with bounds checks (``lic.entropy.rans``; that decoder itself reads past the end of a short or
+corrupt string).  Any failure while decoding is a :class:`CodecError` (a
 :class:`~lic.container.FormatError`), never another exception (MemoryError aside).  See
 docs/robustness.md.
 """
@@ -252,15 +254,15 @@ def _decode(net: LicModel, header: Header, streams: list[bytes], fp: int) -> np.
 
     # Check every stream the model can check before any network runs: a corrupt file fails
     # before it costs anything.
+    rate = net.rate_of(q)
     for i, (_, _, th, tw) in enumerate(tiles):
         try:
-            net.check_streams(streams[i * spt:(i + 1) * spt], (th, tw))
+            net.check_streams(streams[i * spt:(i + 1) * spt], (th, tw), rate)
         except (RansStreamError, MixtureStreamError) as e:
             raise CodecError(str(e)) from None
 
     # Pages of the output are only touched as tiles are written.
     out = np.empty((header.height, header.width, 3), dtype=np.uint8)
-    rate = net.rate_of(q)
     exact = header.version >= 2   # version 1: the float32 networks (lic.container.VERSIONS)
     for i, (top, left, th, tw) in enumerate(tiles):
         try:

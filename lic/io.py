@@ -5,11 +5,13 @@ dtype uint8, plus human-readable notes about every conversion that was made.
 Defined behaviours:
 
 * Any format Pillow can read.  An input path, or the bytes of a file.
-* Size limits: Pillow's decompression-bomb warning (images over
-  ``PIL.Image.MAX_IMAGE_PIXELS``, 89.5 megapixels by default) is an error here,
-  and so is an image over the ``limits`` passed in (``lic.container.Limits``;
-  by default 16384*16384 pixels, 32768 per side).  Both are checked from the
-  header, before the pixels are decoded.
+* Size limits: one limit, lic's: an image over the ``limits`` passed in
+  (``lic.container.Limits``; by default 16384*16384 pixels, 32768 per side) is
+  an error, checked from the header before the pixels are decoded.  While it
+  reads, Pillow's decompression-bomb cap (``PIL.Image.MAX_IMAGE_PIXELS``, 89.5
+  megapixels by default, which would refuse a 96 MP photo) is set to the same
+  ``max_pixels`` (and restored after), so Pillow's own checks of frames and
+  embedded images agree with it; its warning is an error here.
 * Animated images (more than one frame): the first frame is used (note).
 * EXIF orientation is applied, so the pixels are upright as viewers show
   them (note).
@@ -52,7 +54,10 @@ from __future__ import annotations
 
 import io as _io
 import os
+import re
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -106,7 +111,7 @@ def read_image(source: str | os.PathLike | bytes, *, limits: Limits | None = Non
     if not data:
         raise InputError(f"cannot read {name!r}: empty file")
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _pillow_pixel_cap(limits.max_pixels):
             warnings.simplefilter("always")
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # takes precedence
             result = _decode(data, limits)
@@ -120,11 +125,29 @@ def read_image(source: str | os.PathLike | bytes, *, limits: Limits | None = Non
     except MemoryError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise InputError(f"image too large: {_one_line(e)}") from None
+        size = re.search(r"\((\d+) pixels\)", str(e))   # Pillow: "Image size (N pixels) exceeds limit of ..."
+        raise InputError(f"image size ({size.group(1) if size else 'its'} pixels) exceeds the limit of "
+                         f"{limits.max_pixels} pixels") from None
     except Image.UnidentifiedImageError:
         raise InputError(f"cannot read {name!r}: not an image, or an unsupported format") from None
     except Exception as e:  # Pillow's decoders raise many types (OSError, SyntaxError, ...)
         raise InputError(f"cannot read {name!r}: {_one_line(e)}") from None
+
+
+_PILLOW_CAP = threading.Lock()
+
+
+@contextmanager
+def _pillow_pixel_cap(max_pixels: int):
+    """Pillow's decompression-bomb cap (a module global) set to lic's limit while an image is read,
+    then restored; one reader at a time sets it."""
+    with _PILLOW_CAP:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
 
 
 def _decode(data: bytes, limits: Limits) -> ImageRead:

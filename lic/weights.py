@@ -37,12 +37,11 @@ from pathlib import Path
 import torch
 
 from lic import models
-from lic.container import MODEL_IDS, mode_value
+from lic.container import MODEL_IDS, FormatError, mode_value
 from lic.models.base import LicModel, entropy_tables_ready
-from lic.registry import read_ladder, read_registry, weights_dir  # noqa: F401  (re-exported)
+from lic.registry import LEGACY_ARCH, read_ladder, read_registry, weights_dir  # noqa: F401  (re-exported)
 
 DEFAULT_MODE = 3.0   # the default mode of a registry entry without "default_mode" (and of checkpoints)
-LEGACY_ARCH = "cheng2020-gmm"   # weights, checkpoints and registry entries that name no architecture
 
 
 class WeightsError(RuntimeError):
@@ -196,9 +195,23 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     cands.sort(key=lambda e: not e.get("default"))   # among entries of one name, the default first
     if not cands:
         if fp is not None:
+            _raise_field_mismatch(entries, model_id, fp)
             raise WeightsError("no shipped weights match this file's fingerprint (made with other weights? give them with --checkpoint)")
+        if mode is None:   # (formatting None with :g was a TypeError)
+            raise UnknownModeError(f"no shipped model {model}")
         raise UnknownModeError(f"no shipped model {model or ''} has mode {mode:g}".replace("  ", " "))
     return cands[0]
+
+
+def _raise_field_mismatch(entries: list[dict], model_id: int | None, fp: int) -> None:
+    """A file whose fingerprint names shipped weights but whose model_id names another model has a
+    corrupt header: say which field disagrees (FormatError), rather than blame the fingerprint."""
+    known = [e for e in entries if e["fingerprint"] == fp]
+    if known and model_id is not None and MODEL_IDS.get(model_id) != known[0]["name"]:
+        ids = {name: i for i, name in MODEL_IDS.items()}
+        raise FormatError(f"lic: corrupt file: its model_id {model_id} ({MODEL_IDS.get(model_id)}) does not match "
+                          f"the weights its fingerprint {fp:08x} names ({known[0]['file']}: model_id "
+                          f"{ids.get(known[0]['name'])}, {known[0]['name']})")
 
 
 def _load_entry(entry: dict) -> tuple[LicModel, str]:

@@ -92,8 +92,13 @@ def test_version_and_help_do_not_import_torch(tool, main):
     ("encode.py", ["x.png", "--max-pixels", "0"], "at least 1"),
     ("encode.py", ["x.png", "--refine", "-1"], "must be 0 to 100000"),
     ("encode.py", ["x.png", "--refine", "ten"], "invalid number of steps"),
-    ("encode.py", ["x.png", "--model", "jpeg"], "unknown model 'jpeg'"),
-    ("encode.py", ["x.png", "--model", str(len(MODEL_IDS) + 1)], f"unknown model '{len(MODEL_IDS) + 1}'"),
+    ("encode.py", ["x.png", "--model", "jpeg"], "no shipped model jpeg; shipped: 3=cheng2020-gmm-vr-"),
+    ("encode.py", ["x.png", "--model", str(len(MODEL_IDS) + 1)], f"no shipped model {len(MODEL_IDS) + 1}; shipped: "),
+    ("encode.py", ["x.png", "--model", "jpeg", "--checkpoint", "w.ckpt"], "unknown model 'jpeg'"),
+    ("encode.py", ["x.png", "--model", "1"], r"no shipped model 1; shipped: 3=cheng2020-gmm-vr-checkerboard "
+                                             r"\(modes 1-8\)"),
+    ("encode.py", ["x.png", "-q", "9"], r"mode 9 is not a mode of the shipped default model \(modes 1-8\)"),
+    ("encode.py", ["x.png", "-q", "0.5", "--model", "3"], "mode 0.5 is not a mode"),
     ("encode.py", ["x.png", "-v", "--quiet"], "not allowed with"),
     ("encode.py", ["-"], "-o OUT is required"),
     ("decode.py", ["-"], "-o OUT is required"),
@@ -101,11 +106,11 @@ def test_version_and_help_do_not_import_torch(tool, main):
     ("decode.py", [], "required: INPUT"),
 ])
 def test_usage_errors(tmp_path, tool, args, match):
+    """One line (with a hint to -h), exit 2, before the input is read (x.png does not exist: reading
+    it would be exit 3)."""
     r = run(tool, *args, cwd=tmp_path)
-    assert r.returncode == 2, r.stderr
-    assert r.stderr.splitlines()[-1].startswith(("lic-encode: error: ", "lic-decode: error: "))
-    assert re.search(match, r.stderr.splitlines()[-1]), r.stderr
-    assert "Traceback" not in r.stderr and r.stdout == b""
+    assert_one_error(r, 2, "lic-encode" if tool == "encode.py" else "lic-decode", match)
+    assert r.stderr.rstrip().endswith(" -h)")
     assert listing(tmp_path) == []
 
 
@@ -113,11 +118,11 @@ def test_output_equals_input(tmp_path, png):
     lic = tmp_path / "a.lic"
     lic.write_bytes(b"whatever")
     r = run("encode.py", str(lic))  # default output a.lic is the input
-    assert r.returncode == 2 and "is the input file" in r.stderr
+    assert_one_error(r, 2, "lic-encode", "is the input file")
     r = run("encode.py", str(png), "-o", str(tmp_path / "." / "img.png"))
-    assert r.returncode == 2 and "is the input file" in r.stderr
+    assert_one_error(r, 2, "lic-encode", "is the input file")
     r = run("decode.py", str(png))  # default output img.png is the input
-    assert r.returncode == 2 and "is the input file" in r.stderr
+    assert_one_error(r, 2, "lic-decode", "is the input file")
     assert lic.read_bytes() == b"whatever" and np.array_equal(np.asarray(Image.open(png)), RGB)
     assert listing(tmp_path) == ["a.lic", "img.png"]
 
@@ -128,6 +133,68 @@ def test_output_directory_missing(tmp_path, png, tool, prog, out):
     r = run(tool, str(png), "-o", str(tmp_path / "nope" / out))
     assert_one_error(r, 1, prog, "output directory .* does not exist")
     assert listing(tmp_path) == ["img.png"]
+
+
+def test_cheap_checks_come_before_the_image_and_any_model(tmp_path):
+    """Unknown mode or model, and an output that cannot be written, are reported before the input
+    is read and before torch, compressai or the weights are imported."""
+    unwritable = "/proc/out.lic"    # nothing can be created there, whoever runs the test
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    cases = [("encode_main", ["x.png", "-q", "9"], 2), ("encode_main", ["x.png", "--model", "1"], 2),
+             ("encode_main", ["x.png", "-o", unwritable], 1), ("decode_main", ["x.lic", "-o", "/proc/out.png"], 1),
+             ("encode_main", ["x.png", "-o", "nowhere/x.lic"], 1)]
+    for main, args, code in cases:
+        program = (f"import sys\nfrom lic.cli import {main}\nrc = {main}({args!r})\n"
+                   f"heavy = [m for m in ('torch', 'compressai', 'lic.weights', 'lic.codec') if m in sys.modules]\n"
+                   f"sys.exit(f'imported {{heavy}}' if heavy else rc)\n")
+        r = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert r.returncode == code, (args, r.stderr)
+        assert len(error_lines(r.stderr)) == 1 and ": error: " in r.stderr, r.stderr
+    assert listing(tmp_path) == []
+
+
+def test_image_limit_is_lics_and_the_flag_raises_it(tmp_path):
+    """A PNG header declaring 20000 x 15000 (300 MP; Pillow alone refuses anything over 179 MP): over
+    the default limit it is refused with lic's message; with --max-pixels 300000000 it gets past every
+    size check and fails on its (missing) pixel data instead.  Nothing large is allocated."""
+    ihdr = (20000).to_bytes(4, "big") + (15000).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    src = tmp_path / "huge.png"
+    src.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b""))
+                    + chunk(b"IEND", b""))
+    assert_one_error(run("encode.py", str(src)), 3, "lic-encode",
+                     r"image size \(300000000 pixels\) exceeds the limit of 268435456 pixels")
+    assert_one_error(run("encode.py", str(src), "--max-pixels", "300000000"), 3, "lic-encode", "truncated")
+    assert listing(tmp_path) == ["huge.png"]
+
+
+def test_edited_model_id_names_the_field(tmp_path):
+    """A CRC-valid file whose model_id was edited: the message says the model_id does not match the
+    weights its fingerprint names (exit 3), instead of blaming the fingerprint."""
+    from lic.registry import read_registry
+
+    default = next(e for e in read_registry() if e.get("default"))
+    h = container.Header(model_id=1, mode=4, mode_frac=0, fingerprint=default["fingerprint"], height=64, width=64,
+                         channels=3, latent_channels=192, latent_height=4, latent_width=4, tile_size=0)
+    src = tmp_path / "edited.lic"
+    src.write_bytes(container.pack(h, [bytes(8), bytes(4), bytes(4)]))
+    assert_one_error(run("decode.py", str(src)), 3, "lic-decode",
+                     f"model_id 1 \\(cheng2020-gmm-checkerboard\\) does not match the weights its fingerprint "
+                     f"{default['fingerprint']:08x} names .*model_id 3")
+    assert listing(tmp_path) == ["edited.lic"]
+
+
+def test_library_names_an_unshipped_model():
+    """lic.weights.load_model for a model nothing ships, with no mode: UnknownModeError naming it
+    (formatting the missing mode used to raise a TypeError)."""
+    from lic.weights import UnknownModeError, load_model
+
+    with pytest.raises(UnknownModeError, match="^no shipped model cheng2020-gmm-checkerboard$"):
+        load_model(model="cheng2020-gmm-checkerboard")
 
 
 def test_non_image_input(tmp_path):
@@ -334,9 +401,9 @@ def test_info_describes_a_file_without_decoding_or_torch(tmp_path, png, checkpoi
     bad = tmp_path / "bad.lic"
     bad.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     assert_one_error(run("decode.py", "--info", str(bad)), 3, "lic-decode", "checksum mismatch")
-    r = run("decode.py", "--info", str(lic), "-o", str(tmp_path / "x.png"))     # usage: the usage, then one line
-    assert r.returncode == 2 and r.stdout == b""
-    assert error_lines(r.stderr)[-1] == "lic-decode: error: --info writes its report to stdout; -o is not allowed with it"
+    r = run("decode.py", "--info", str(lic), "-o", str(tmp_path / "x.png"))
+    assert_one_error(r, 2, "lic-decode", "^lic-decode: error: --info writes its report to stdout; -o is not allowed "
+                                         "with it")
     assert listing(tmp_path) == ["bad.lic", "img.lic", "img.png"]
 
 

@@ -300,16 +300,24 @@ def test_truncated(fmt):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
-def test_decompression_bomb_is_an_error_locally():
-    filters_before = list(warnings.filters)
-    # Header claims 10000 x 10000 (over Pillow's warning limit, under its error limit).
-    bomb = _png(10000, 10000, 8, 0, b"")
-    with pytest.raises(InputError, match="too large"):
-        read_image(bomb)
-    huge = _png(30000, 30000, 8, 0, b"")  # over Pillow's error limit too
-    with pytest.raises(InputError):
-        read_image(huge)
-    assert warnings.filters == filters_before
+def test_one_pixel_limit_lics_not_pillows():
+    """Pillow's own cap (89.5 MP, an error at twice that) does not refuse what lic's limit allows: a
+    header declaring 12000 x 8000 (96 MP) or, with the limit raised, 20000 x 15000 (300 MP) gets past
+    the size checks and fails only on its missing pixel data.  Over the limit, lic's message; Pillow's
+    cap is restored afterwards and the warning filters are untouched.  (Headers only: nothing large
+    is allocated.)"""
+    filters_before, cap_before = list(warnings.filters), Image.MAX_IMAGE_PIXELS
+    photo_96mp = _png(12000, 8000, 8, 0, b"")
+    with pytest.raises(InputError, match="truncated"):
+        read_image(photo_96mp)
+    with pytest.raises(InputError, match=r"image size \(96000000 pixels\) exceeds the limit of 50000000 pixels"):
+        read_image(photo_96mp, limits=Limits(max_pixels=50_000_000))
+    big = _png(20000, 15000, 8, 0, b"")
+    with pytest.raises(InputError, match=f"exceeds the limit of {Limits().max_pixels} pixels"):
+        read_image(big)
+    with pytest.raises(InputError, match="truncated"):
+        read_image(big, limits=Limits(max_pixels=400_000_000))
+    assert Image.MAX_IMAGE_PIXELS == cap_before and warnings.filters == filters_before
 
 
 def test_limits():

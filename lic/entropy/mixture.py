@@ -19,7 +19,10 @@ A coded stream (bytes) is::
 
 where ``[lo, hi]`` is the support of the symbols in the stream; the two
 end bins absorb the mixture's tails, so every symbol in the support has a
-nonzero probability.
+nonzero probability.  Every symbol's table spans the whole support, so a stream
+costs (symbols x support) table entries to decode: readers are given the widest
+support the model codes (``StreamReader(data, bound)``) and refuse wider ones
+before building any table.
 """
 from __future__ import annotations
 
@@ -241,12 +244,18 @@ class StreamWriter:
 
 
 class StreamReader:
-    def __init__(self, data: bytes):
+    """Reads one substream.  ``bound``: refuse a declared support outside [-bound, bound] (the
+    symbols the model codes, ``Cheng2020GMM.symbol_bound``); None: only MAX_SUPPORT applies."""
+
+    def __init__(self, data: bytes, bound: int | None = None):
         if len(data) < _HEADER.size or (len(data) - _HEADER.size) % 4:
             raise MixtureStreamError("latent stream has a bad length")
         self.lo, self.hi = _HEADER.unpack_from(data)
         if self.hi < self.lo or self.hi - self.lo + 1 > MAX_SUPPORT:
             raise MixtureStreamError("latent stream declares an invalid symbol range")
+        if bound is not None and not -bound <= self.lo <= self.hi <= bound:
+            raise MixtureStreamError(f"latent stream declares symbols {self.lo}..{self.hi}, outside the "
+                                     f"-{bound}..{bound} this model codes at this mode")
         words = np.frombuffer(data, dtype="<u4", offset=_HEADER.size).astype(np.uint32)
         self._dec = constriction.stream.queue.RangeDecoder(words)
 

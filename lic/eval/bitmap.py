@@ -36,7 +36,6 @@ import torch
 
 from lic import codec, io
 from lic.entropy.mixture import CodingParams, mixture_pmf, support_of
-from lic.entropy.quantize import QuantMode, quantize
 from lic.models.cheng2020 import Cheng2020GMM, decoder_threads
 
 __all__ = ["BitMap", "bit_map", "symbol_bits", "hyper_bits"]
@@ -187,7 +186,7 @@ def _tile_bits(net: Cheng2020GMM, x: torch.Tensor, q: float | None) -> tuple[np.
     z = net.h_a(y)
     eb = net.entropy_bottleneck
     z_strings = eb.compress(z)
-    y_sym = quantize(y, QuantMode.ROUND)
+    y_sym = net.coding_symbols(y, q)
     with decoder_threads():   # the tables are derived exactly as in compress / decompress
         z_hat = eb.decompress(z_strings, z.shape[-2:])
         head = net.coding_head(exact=True)           # as the files this build writes (version 2)

@@ -7,7 +7,7 @@ outside ``lic/models`` names a concrete model.
     coding:    rate = rate_of(q)            q: the model's 0-based mode, None for a single-rate model
                y = analyze(x, rate)                                     (1, M, H/16, W/16)
                encode_latent(y, rate) -> Coded(streams of one tile, y_hat)
-               check_streams(streams, tile)                             before any network runs
+               check_streams(streams, tile, rate)                         before any network runs
                decode_latent(streams, tile, rate) -> y_hat
                synthesize(y_hat, rate) -> x_hat                         (1, 3, H, W), unclamped
 
@@ -162,9 +162,10 @@ class LicModel(CompressionModel):
         only for a version-1 file of a model that existed then (``MODELS[id].since``)."""
         raise NotImplementedError
 
-    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int]) -> None:
+    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int], rate: Any = None) -> None:
         """Reject (``lic.entropy.rans.RansStreamError`` or another ValueError) streams that no
-        encoder wrote, where that can be seen before any network runs; ``tile``: (h, w) pixels."""
+        encoder wrote at ``rate``, where that can be seen before any network runs (and a stream
+        that would cost the decoder more than a real file of its size); ``tile``: (h, w) pixels."""
 
     def decode_latent(self, streams: Sequence[bytes], tile: tuple[int, int], rate: Any = None,
                       exact: bool = True) -> Tensor:

@@ -30,8 +30,9 @@ Container ids 1-4 (``lic.container.MODELS``): checkerboard or serial, single- or
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -75,6 +76,27 @@ from lic.models.registry import register
 CONTEXTS = ("checkerboard", "serial")
 # (context, variable-rate) -> the container's model id (lic.container.MODELS)
 _MODEL_IDS = {("checkerboard", False): 1, ("serial", False): 2, ("checkerboard", True): 3, ("serial", True): 4}
+
+# The coded symbols of a variable-rate model are round(y x gain) with |y| at most Y_LIMIT, so at most
+# ceil(Y_LIMIT x the mode's largest gain) in magnitude (``symbol_bound``): the encoder clamps to it and
+# the decoder refuses streams that declare more, which bounds the decoder's table work per symbol
+# (a hostile file costs at most about 2.5x a real one, docs/robustness.md).  The shipped model's |y|
+# (before the gain) reaches 32 on Kodak and 38 on synthetic stripes, edges and text-like graphics;
+# only inputs crafted by gradient ascent on |y| go further (87), and those latents are clamped.
+Y_LIMIT = 48
+
+
+def clamp_symbols(y_sym: Tensor, bound: int | None) -> Tensor:
+    """The coded integers: y_sym limited to [-bound, bound] (None: as they are)."""
+    return y_sym if bound is None else y_sym.clamp(-bound, bound)
+
+
+class Gains(NamedTuple):
+    """What a variable-rate model codes a tile at (``rate_of``): ``rate[0]``, ``rate[1]`` as the
+    (gain, inverse gain) pair of ``_gains``, and the bound on the coded symbols."""
+    gain: Tensor        # (1, M, 1, 1): y x gain is rounded
+    inv_gain: Tensor    # (1, M, 1, 1): y_hat x inv_gain enters g_s
+    bound: int          # the largest |symbol| coded (symbol_bound)
 
 
 @dataclass(frozen=True)
@@ -205,9 +227,11 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
         return self.config.M
 
     # ------------------------------------------------------------------ helpers
-    def rate_of(self, q: float | None) -> tuple[Tensor, Tensor] | None:
-        """The (gain, inverse gain) of 0-based mode ``q``, (1, M, 1, 1) each; None for a single-rate model."""
-        return self._gains(q, 1, self.g_a[0].conv1.weight.device)
+    def rate_of(self, q: float | None) -> Gains | None:
+        """The gain, inverse gain ((1, M, 1, 1) each) and symbol bound of 0-based mode ``q``; None for
+        a single-rate model."""
+        gains = self._gains(q, 1, self.g_a[0].conv1.weight.device)
+        return None if gains is None else Gains(*gains, self.symbol_bound(q))
 
     def _gains(self, mode: Tensor | float | None, batch: int, device) -> tuple[Tensor, Tensor] | None:
         """Per-sample gain and inverse gain, (B, M, 1, 1), for continuous 0-based modes."""
@@ -222,6 +246,22 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
         lg = (1 - f) * self.log_gain[i] + f * self.log_gain[i + 1]        # (B, M)
         lig = (1 - f) * self.log_inv_gain[i] + f * self.log_inv_gain[i + 1]
         return lg.exp()[:, :, None, None], lig.exp()[:, :, None, None]
+
+    def symbol_bound(self, mode: float | None) -> int | None:
+        """The largest |symbol| of y coded at 0-based ``mode``: ceil(Y_LIMIT x the largest gain of the
+        two integer modes around it, which bound the interpolated gains); None for a single-rate
+        model (the stream format's MAX_SUPPORT alone applies).  Computed in float64 from the stored
+        log-gains, the same on both sides of the coder."""
+        if self.config.num_modes <= 1:
+            return None
+        q = min(max(float(mode), 0.0), float(self.config.num_modes - 1))
+        log_gain = self.log_gain.detach().to(torch.float64)
+        top = float(torch.maximum(log_gain[math.floor(q)], log_gain[math.ceil(q)]).max())
+        return math.ceil(Y_LIMIT * math.exp(top))
+
+    def coding_symbols(self, y: Tensor, mode: float | None) -> Tensor:
+        """The integers the coder writes for a gain-scaled y: round(y), clamped to ``symbol_bound``."""
+        return clamp_symbols(quantize(y, QuantMode.ROUND), self.symbol_bound(mode))
 
     def _mixture(self, ctx: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(weights, means, scales), each (B, K, M, H, W), from context and hyper features."""
@@ -295,7 +335,7 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
             raise ValueError("encode_latent codes one tile at a time")
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)     # rounds z - medians, like bottleneck()
-        y_sym = quantize(y, QuantMode.ROUND)
+        y_sym = clamp_symbols(quantize(y, QuantMode.ROUND), getattr(rate, "bound", None))
         streams = [z_strings[0]]
         with decoder_threads():  # the encoder derives its tables exactly as the decoder will
             z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
@@ -307,13 +347,16 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
                 streams += self._code_serial(psi, y_sym, head=head)
         return Coded(streams, y_hat=y_sym)
 
-    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int]) -> None:
+    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int], rate: Gains | None = None) -> None:
         """The z stream replayed against the bottleneck's tables (``lic.entropy.rans``, CompressAI's
-        decoder reads past the end of a bad one), and the header of every y stream."""
+        decoder reads past the end of a bad one), and the header of every y stream: its symbol range
+        within what this mode codes (``symbol_bound``: the tables cost that range per symbol, so the
+        decoder's work stays that of a real file)."""
         h, w = tile[0] // self.downsampling, tile[1] // self.downsampling
         check_bottleneck_stream(entropy_model_tables(self.entropy_bottleneck), streams[0], h * w)
+        bound = getattr(rate, "bound", None)
         for s in streams[1:]:
-            StreamReader(s)
+            StreamReader(s, bound)
 
     @torch.no_grad()
     def decode_latent(self, streams: Sequence[bytes], tile: tuple[int, int],
@@ -325,18 +368,20 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
             z_hat = self.entropy_bottleneck.decompress([streams[0]], z_shape)
             head = self.coding_head(exact)
             psi = self.coding_psi(z_hat, head)
+            bound = getattr(rate, "bound", None)
             if self.config.context == "checkerboard":
-                return self._code_checkerboard(psi, None, streams[1:], head=head)
-            return self._code_serial(psi, None, streams[1:], head=head)
+                return self._code_checkerboard(psi, None, streams[1:], head=head, bound=bound)
+            return self._code_serial(psi, None, streams[1:], head=head, bound=bound)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, mode: float | None = None) -> Tensor:
-        """g_s(round(y)) exactly as the decoder computes it, without entropy coding: x_hat (B, 3, H, W)."""
+        """g_s of the coded integers (round, clamped to ``symbol_bound``) exactly as the decoder
+        computes them, without entropy coding: x_hat (B, 3, H, W)."""
         gains = self._gains(mode, x.shape[0], x.device)
         y = self.g_a(x)
         if gains is not None:
             y = y * gains[0]
-        y_hat = quantize(y, QuantMode.ROUND)
+        y_hat = self.coding_symbols(y, mode)
         with decoder_threads():
             return self.synthesize(y_hat, gains)
 
@@ -407,10 +452,11 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
         return y_pad[:, :, pad:pad + H, pad:pad + W].contiguous()
 
     def _code_checkerboard(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
-                           head: ExactHead | None = None):
-        """Encode (y_sym given: returns two streams) or decode (returns y_hat)."""
+                           head: ExactHead | None = None, bound: int | None = None):
+        """Encode (y_sym given: returns two streams) or decode (returns y_hat; ``bound``: see StreamReader)."""
         if y_sym is None:
-            return self.checkerboard_passes(psi, lambda p, sel, params: StreamReader(streams[p]).read(params), head)
+            return self.checkerboard_passes(
+                psi, lambda p, sel, params: StreamReader(streams[p], bound).read(params), head)
         out: list[bytes] = []
 
         def write(p: int, sel: Tensor, params: CodingParams) -> np.ndarray:
@@ -424,10 +470,10 @@ class Cheng2020GMM(SubpelSynthesis, LicModel):
         return out
 
     def _code_serial(self, psi: Tensor, y_sym: Tensor | None, streams: Sequence[bytes] = (),
-                     head: ExactHead | None = None):
-        """Encode (y_sym given: returns one stream) or decode (returns y_hat)."""
+                     head: ExactHead | None = None, bound: int | None = None):
+        """Encode (y_sym given: returns one stream) or decode (returns y_hat; ``bound``: see StreamReader)."""
         if y_sym is None:
-            reader = StreamReader(streams[0])
+            reader = StreamReader(streams[0], bound)
             return self.serial_positions(psi, lambda h, w, params: reader.read(params), head)
         sym_all = y_sym.to(torch.int64).numpy()                             # (1, M, H, W)
         writer = StreamWriter(*support_of(sym_all))

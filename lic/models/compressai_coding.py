@@ -97,7 +97,7 @@ class CompressAIModel(LicModel):
         out = super().forward(x)
         return RDOutput(x_hat=out["x_hat"], likelihoods=dict(out["likelihoods"]))
 
-    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int]) -> None:
+    def check_streams(self, streams: Sequence[bytes], tile: tuple[int, int], rate: Any = None) -> None:
         """Stream 0 (z; the factorized models' y) replayed against the entropy bottleneck's tables
         before any network runs; the Gaussian streams are replayed as they are decoded (their
         tables come from h_s)."""
