@@ -76,13 +76,16 @@ def test_encoder_clamps_to_the_bound_so_its_files_always_decode():
     with torch.no_grad():
         net.g_a[-2].weight.mul_(3000.0)
         net.g_a[-2].bias.add_(500.0)
-    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=1)).permute(2, 0, 1)[None].float() / 255)
+    x = codec.pad(torch.from_numpy(random_image(64, 64, seed=1)).permute(2, 0, 1)[None].float() / 255,
+                  net.downsampling)
     q = 2.0
     bound = net.symbol_bound(q)
+    rate = net.rate_of(q)
+    assert rate.bound == bound
     with torch.no_grad():
-        y = net.g_a(x) * net._gains(q, 1, x.device)[0]
+        y = net.analyze(x, rate)
     assert y.abs().max() > 3 * bound                      # well beyond what is coded
-    c = net.compress(x, q)
+    c = net.encode_latent(y, rate)
     assert c.y_hat.abs().max() == bound
     assert torch.equal(c.y_hat, net.coding_symbols(y, q))
     data = codec.encode_with_net(net, random_image(64, 64, seed=1), q + 1)
