@@ -75,7 +75,7 @@ def _measure_lic(images, with_ms_ssim):
 
 def _shared() -> Path:
     try:
-        from lic.eval.runner import shared_dir
+        from lic.eval.datasets import shared_dir
 
         return shared_dir()
     except Exception:  # noqa: BLE001 - standalone: <repo>/../shared

@@ -60,7 +60,8 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
 
     from lic.eval.bdrate import gain_at_rate
     from lic.eval.lic_codec import LicCodec
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.datasets import resolve_dataset
+    from lic.eval.runner import evaluate
 
     raw = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     stats = raw.get("lic_train_stats") or {}
@@ -74,7 +75,8 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
 
 def jpeg_on(images: int):
     from lic.eval.baselines import available_baselines
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.datasets import resolve_dataset
+    from lic.eval.runner import evaluate
 
     res = evaluate(resolve_dataset("kodak")[:images], available_baselines(["jpeg"]), None,
                    with_ms_ssim=False, progress=False)

@@ -28,7 +28,7 @@ PSNR_ATOL = 0.05
 
 def check_pixels() -> np.ndarray:
     from lic import io
-    from lic.eval.runner import shared_dir
+    from lic.eval.datasets import shared_dir
 
     ds, name, top, left, size = CHECK_IMAGE
     px = io.read_image(shared_dir() / "data" / ds / name).pixels
@@ -105,7 +105,8 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
     from lic.eval.bdrate import bd_rate
     from lic.eval.lic_codec import LicCodec
     from lic.eval.plot import load_reference_curves
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.datasets import resolve_dataset
+    from lic.eval.runner import evaluate
 
     files = resolve_dataset("kodak")[:limit] if limit else resolve_dataset("kodak")
     jpeg = load_reference_curves(["jpeg"])[0]

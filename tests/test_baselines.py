@@ -10,18 +10,15 @@ from PIL import Image, features
 
 from lic.eval import baselines as B
 from lic.eval.metrics import psnr
+from lic.eval.datasets import read_pixels, reference_dir, resolve_dataset, shared_dir
 from lic.eval.runner import (
     ImageRecord,
     RecordCache,
     aggregate,
     evaluate,
-    read_csv,
-    read_pixels,
-    reference_dir,
-    resolve_dataset,
     pixels_sha,
+    read_csv,
     run_codecs,
-    shared_dir,
 )
 
 

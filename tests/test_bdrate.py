@@ -8,7 +8,7 @@ import pytest
 
 from lic.eval.bdrate import NoOverlapError, bd_psnr, bd_rate, bd_table
 from lic.eval.metrics import RDCurve
-from lic.eval.runner import reference_dir
+from lic.eval.datasets import reference_dir
 
 ANCHOR = [(0.2, 26.0), (0.35, 28.5), (0.6, 31.0), (1.0, 33.6), (1.7, 36.4), (3.0, 40.0)]
 

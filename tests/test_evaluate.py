@@ -21,7 +21,8 @@ from lic.eval.bitmap import BitMap, bit_map, hyper_bits
 from lic.eval.lic_codec import LicCodec
 from lic.eval.metrics import RDCurve, psnr
 from lic.eval.plot import side_by_side, side_by_side_rows
-from lic.eval.runner import read_csv, read_pixels
+from lic.eval.datasets import read_pixels
+from lic.eval.runner import read_csv
 from lic.weights import export, fingerprint, load_checkpoint
 
 

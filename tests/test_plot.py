@@ -19,7 +19,7 @@ from lic.eval.plot import (
     side_by_side_rows,
     side_by_side_standard,
 )
-from lic.eval.runner import reference_dir
+from lic.eval.datasets import reference_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

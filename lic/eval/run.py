@@ -11,7 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from lic.eval.baselines import available_baselines
 from lic.eval.lic_codec import LicCodec
 from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves, side_by_side_standard
-from lic.eval.runner import EvalResult, RecordCache, evaluate, resolve_dataset
+from lic.eval.datasets import resolve_dataset
+from lic.eval.runner import EvalResult, RecordCache, evaluate
 from lic.refine import RefineConfig
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def run(cfg: DictConfig) -> EvalResult:
     files = resolve_dataset(cfg.dataset.path)
     if cfg.limit:
         files = files[: int(cfg.limit)]
-    lic_codec = build_codec(cfg)
-    codecs = [lic_codec] + available_baselines(list(cfg.baselines or []))
+    lic_codec = build_codec(cfg) if cfg.model.get("enabled", True) else None
+    codecs = ([lic_codec] if lic_codec is not None else []) + available_baselines(list(cfg.baselines or []))
     kodak = Path(cfg.paths.data_dir) / "kodak"
     full_kodak = (kodak.is_dir() and Path(cfg.dataset.path).resolve() == kodak.resolve()
                   and not cfg.limit and not cfg.crop)
@@ -80,7 +81,7 @@ def run(cfg: DictConfig) -> EvalResult:
     if cache is not None:
         print(cache.summary())
         cache.close()
-    if cfg.side_by_side.enabled:
+    if cfg.side_by_side.enabled and lic_codec is not None:
         try:
             mode = cfg.side_by_side.mode
             if mode is None:   # the shipped model's default mode (a checkpoint: lic.weights.DEFAULT_MODE)
