@@ -16,24 +16,18 @@ entropy model limit the top of its curve.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lic import codec, io  # noqa: E402
+from lic.eval.metrics import psnr  # noqa: E402
 from lic.weights import load_checkpoint, load_model  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-12))
 
 
 def main() -> None:

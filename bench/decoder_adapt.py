@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from lic import codec, io  # noqa: E402
 from lic.entropy.quantize import QuantMode, quantize  # noqa: E402
+from lic.eval.metrics import psnr  # noqa: E402
 from lic.weights import load_checkpoint, load_model  # noqa: E402
 
 
@@ -53,9 +53,7 @@ def subset(net: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
 
 def psnr8(x_hat: torch.Tensor, px: np.ndarray) -> float:
     h, w = px.shape[:2]
-    rec = io.from_tensor(x_hat[:, :, :h, :w])
-    mse = float(np.mean((rec.astype(np.float64) - px.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-12))
+    return psnr(px, io.from_tensor(x_hat[:, :, :h, :w]))
 
 
 def entropy_bits(q: np.ndarray) -> float:

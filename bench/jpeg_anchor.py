@@ -54,6 +54,7 @@ def _measure_standalone(images, with_ms_ssim):
             Image.fromarray(a).save(buf, format="jpeg", quality=q)
             data = buf.getvalue()
             r = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float64)
+            # lic.eval.metrics.psnr's formula, written out: this path runs without lic (Python 3.8)
             mse = np.mean((a.astype(np.float64) - r) ** 2)
             p_i.append(10 * np.log10(255.0 ** 2 / mse))
             b_i.append(8.0 * len(data) / (a.shape[0] * a.shape[1]))

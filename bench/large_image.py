@@ -41,6 +41,8 @@ KODAK = REPO.parent / "shared" / "data" / "kodak"
 
 import numpy as np  # noqa: E402
 
+from lic.eval.metrics import psnr  # noqa: E402
+
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -68,11 +70,6 @@ def synthesise(width: int, height: int) -> np.ndarray:
     rows, cols = -(-height // th), -(-width // tw)
     grid = [np.concatenate([tiles[(r * cols + c) % len(tiles)] for c in range(cols)], axis=1) for r in range(rows)]
     return np.ascontiguousarray(np.concatenate(grid, axis=0)[:height, :width])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def resolve_model(args, tmp: Path) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lic import codec
+from lic.eval.metrics import psnr
 from lic.weights import read_registry, weights_dir
 
 CHECK_IMAGE = ("kodak", "kodim05.png", 128, 128, 128)   # dataset, file, top, left, size
@@ -39,9 +40,8 @@ def measure(net, pixels: np.ndarray, mode: float, fp: int | None = None) -> tupl
     """(bpp of the whole file, PSNR dB) of one real encode + decode."""
     data = codec.encode_with_net(net, pixels, mode, fp)
     out = codec.decode_with_net(net, data, fp=fp)
-    mse = float(np.mean((out.astype(np.float64) - pixels.astype(np.float64)) ** 2))
     h, w = pixels.shape[:2]
-    return 8 * len(data) / (h * w), 10 * math.log10(255**2 / max(mse, 1e-12))
+    return 8 * len(data) / (h * w), psnr(pixels, out)
 
 
 def measure_shipped() -> list[dict]:

@@ -8,7 +8,6 @@ recipe while Lightning's ``global_step`` advances once per batch.
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import lightning as L
@@ -116,6 +115,7 @@ class LitCodec(L.LightningModule):
     def _log_real(self, x, q, sfx):
         """Real bitstreams on a few validation crops: bytes of the whole .lic file, header included."""
         from lic import codec, io
+        from lic.eval.metrics import psnr
 
         self.net.update(force=True)
         bpps, psnrs = [], []
@@ -125,8 +125,7 @@ class LitCodec(L.LightningModule):
             data = codec.encode_with_net(self.net, pixels, mode=mode)
             rec = codec.decode_with_net(self.net, data)
             bpps.append(8 * len(data) / (pixels.shape[0] * pixels.shape[1]))
-            mse = ((rec.astype("float64") - pixels.astype("float64")) ** 2).mean()
-            psnrs.append(10 * math.log10(255**2 / max(mse, 1e-10)))
+            psnrs.append(psnr(pixels, rec))
         self.log_dict({f"val/bpp{sfx}": sum(bpps) / len(bpps), f"val/psnr_real{sfx}": sum(psnrs) / len(psnrs)},
                       batch_size=len(bpps), sync_dist=True)
 
