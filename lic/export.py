@@ -34,10 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from lic.atomic import atomic_write
 
 # the paper's lambda for each quality (configs/quality/N.yaml), to name a single-rate model's mode
 QUALITY_LAMBDAS = {1: 0.0016, 2: 0.0032, 3: 0.0075, 4: 0.015, 5: 0.03, 6: 0.045}
@@ -157,15 +157,8 @@ def export_checkpoint(ckpt_path: str | Path, out: str | Path, half: bool = False
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # write beside OUT and rename: a failed export never leaves a truncated file under OUT's name
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_write(out) as tmp:
         entry = export(net, tmp, half=half, extra_meta={"lic_trained": facts})
-        _usual_mode(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     entry["file"] = out.name
     if net.config.num_modes <= 1:
         q = single_rate_mode(ckpt) if mode is None else int(mode)
@@ -202,23 +195,9 @@ def register(entry: dict, registry: str | Path, default: bool = False) -> list[d
     else:
         models[old] = entry
     text = json.dumps({"models": models}, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=registry.parent)
-    _usual_mode(tmp)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, registry)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(registry) as tmp:
+        tmp.write_text(text)
     return models
-
-
-def _usual_mode(path: str) -> None:
-    """mkstemp makes 0600 files: give the result the permissions of a normally created file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def main(argv: list[str] | None = None) -> int:
