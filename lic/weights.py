@@ -79,10 +79,6 @@ class LoadedModel:
             return None
         return self.mode - 1 + self.mode_frac / 256
 
-    def with_mode(self, mode: float) -> "LoadedModel":
-        m, frac = split_mode(mode, self.net.config.num_modes)
-        return LoadedModel(self.net, self.model_id, self.name, m, frac, self.fingerprint, self.source, self.modes)
-
 
 def split_mode(mode: float, num_modes: int) -> tuple[int, int]:
     """1-based (possibly fractional) mode -> (mode, mode_frac/256) for the file header."""
