@@ -1,7 +1,7 @@
 """Codec speed on Kodak: this codec (checkerboard and serial contexts) against CompressAI's
 cheng2020_attn (N=128, random init after update()), in the same run, seconds per image.
 
-    python bench/codec_speed.py [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
+    python -m bench.codec_speed [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
                                 [--modes 1 2 3 4 5 6] [--checkpoint W ...]
 
 With --weights shipped (default when weights/registry.json has a model) the checkerboard
@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, container, io
+from lic.models import Cheng2020GMM, ModelConfig
+from lic.weights import fingerprint
 
-from lic import codec, container, io  # noqa: E402
-from lic.weights import fingerprint  # noqa: E402
-from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, *a):

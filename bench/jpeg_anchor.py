@@ -1,6 +1,6 @@
 """Check that Pillow JPEG on the 24 Kodak images reproduces CompressAI's ``jpeg.json``.
 
-    python bench/jpeg_anchor.py [--bpp-tol 0.1] [--psnr-tol 0.1] [--ms-ssim] [--standalone]
+    python -m bench.jpeg_anchor [--bpp-tol 0.1] [--psnr-tol 0.1] [--ms-ssim] [--standalone]
 
 Runs :class:`lic.eval.baselines.JPEG` (quality 5..95 step 5, 4:2:0, optimize=False) on
 ``<repo>/../shared/data/kodak``, averages per quality over the 24 images (per-image PSNR
@@ -13,7 +13,7 @@ Known result: ``jpeg.json`` was made with Pillow 7.1.2, whose wheels link IJG li
 9d; it is reproduced exactly (bpp to 1e-15, PSNR to 1e-7 dB) with that Pillow::
 
     python3.8 -m venv /tmp/pil7 && /tmp/pil7/bin/pip install Pillow==7.1.2 "numpy<1.25"
-    /tmp/pil7/bin/python bench/jpeg_anchor.py --standalone      # -> REPRODUCED
+    /tmp/pil7/bin/python -m bench.jpeg_anchor --standalone      # -> REPRODUCED
 
 (``--standalone`` measures with Pillow + numpy only, no ``lic`` import.)
 Current Pillow wheels link libjpeg-turbo, which (a) down-samples chroma by box
@@ -37,7 +37,6 @@ import PIL
 from PIL import Image, features
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 QUALITIES = list(range(5, 100, 5))
 
 

@@ -1,9 +1,9 @@
 """Large images: peak RSS and seconds to encode and decode a 6000x4000 photo (tiled), and the
 PSNR / rate cost of tiling on Kodak.
 
-    python bench/large_image.py [--size 6000x4000] [--mode 3] [--threads 1] [--tile-size T]
+    python -m bench.large_image [--size 6000x4000] [--mode 3] [--threads 1] [--tile-size T]
                                 [--checkpoint PATH | --random [--N 64]]
-    python bench/large_image.py --psnr-tile 256 [--psnr-images 24] [--mode 3] [--checkpoint PATH]
+    python -m bench.large_image --psnr-tile 256 [--psnr-images 24] [--mode 3] [--checkpoint PATH]
 
 The large image is synthesised from Kodak photos (portrait ones turned), laid
 side by side in a grid and cropped to the size asked. Encode and decode run in
@@ -35,13 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from lic.eval.metrics import psnr
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 KODAK = REPO.parent / "shared" / "data" / "kodak"
-
-import numpy as np  # noqa: E402
-
-from lic.eval.metrics import psnr  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -133,7 +132,7 @@ def large(args, checkpoint: str, what: str, tmp: Path) -> int:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     results = {}
     for ph in ("encode", "decode"):
-        cmd = [sys.executable, __file__, "--phase", ph, "--phase-dir", str(tmp), "--checkpoint", checkpoint,
+        cmd = [sys.executable, "-m", "bench.large_image", "--phase", ph, "--phase-dir", str(tmp), "--checkpoint", checkpoint,
                "--mode", str(args.mode), "--threads", str(args.threads)]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]

@@ -1,6 +1,6 @@
 """Training throughput: the Lightning loop (LitCodec + Trainer) against a plain PyTorch loop.
 
-    python bench/train_throughput.py [--N 32] [--batch 4] [--crop 128] [--steps 20] [--warmup 5]
+    python -m bench.train_throughput [--N 32] [--batch 4] [--crop 128] [--steps 20] [--warmup 5]
                                      [--threads T] [--repeats 2] [--device cpu|cuda] [--num-modes 1]
                                      [--data DIR] [--limit 16] [--M M] [--vs lightning|compile]
 
@@ -36,7 +36,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 LMBDA = 0.0067
 

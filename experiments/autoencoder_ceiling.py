@@ -1,8 +1,8 @@
 """The quality ceiling of a model's transforms: PSNR of g_s(g_a(x)) with NO quantization, on Kodak,
 beside the real codec's PSNR at the model's top mode.
 
-    python bench/autoencoder_ceiling.py [--checkpoint W] [--images 24] [--threads 2]
-    python bench/autoencoder_ceiling.py --dir ../shared/data/train --stride 24   # training photos instead
+    python -m experiments.autoencoder_ceiling [--checkpoint W] [--images 24] [--threads 2]
+    python -m experiments.autoencoder_ceiling --dir ../shared/data/train --stride 24   # training photos instead
 
 If the unquantized autoencoder cannot reproduce an image better than X dB, no mode can: the
 upper modes then spend bits for little PSNR.  ``--dir`` runs it on other images (every PNG under
@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, io
+from lic.eval.metrics import psnr
+from lic.weights import load_checkpoint, load_model
 
-from lic import codec, io  # noqa: E402
-from lic.eval.metrics import psnr  # noqa: E402
-from lic.weights import load_checkpoint, load_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Would a per-image update of part of g_s, sent in the file, pay for its bits?  (A probe.)
 
-    python bench/decoder_adapt.py [--images 3] [--modes 6 8] [--steps 200] [--subsets biases last_conv]
+    python -m experiments.decoder_adapt [--images 3] [--modes 6 8] [--steps 200] [--subsets biases last_conv]
 
 Instance-adaptive compression (van Rozendaal, Huijben & Cohen, ICLR 2021, "Overfitting for Fun
 and Profit") fine-tunes part of the decoder on the one image being coded and sends the update.
@@ -22,20 +22,18 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, io
+from lic.entropy.quantize import QuantMode, quantize
+from lic.eval.metrics import psnr
+from lic.weights import load_checkpoint, load_model
 
-from lic import codec, io  # noqa: E402
-from lic.entropy.quantize import QuantMode, quantize  # noqa: E402
-from lic.eval.metrics import psnr  # noqa: E402
-from lic.weights import load_checkpoint, load_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def subset(net: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:

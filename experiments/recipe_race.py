@@ -1,6 +1,6 @@
 """Race training recipes at equal wall-clock time, then score each on real Kodak files.
 
-    python bench/recipe_race.py [--minutes 20] [--parallel 2] [--images 8] [--out logs/race]
+    python -m experiments.recipe_race [--minutes 20] [--parallel 2] [--images 8] [--out logs/race]
                                 [--only NAME ...] [--device cpu|gpu]
 
 Each candidate is `train.py experiment=cpu_single lambda=0.0067` plus its overrides, run for the
@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # name -> overrides on top of experiment=cpu_single lambda=0.0067
 CANDIDATES: dict[str, list[str]] = {
@@ -59,8 +57,8 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
     import torch
 
     from lic.eval.bdrate import gain_at_rate
-    from lic.eval.lic_codec import LicCodec
     from lic.eval.datasets import resolve_dataset
+    from lic.eval.lic_codec import LicCodec
     from lic.eval.runner import evaluate
 
     raw = torch.load(str(ckpt), map_location="cpu", weights_only=True)

@@ -1,7 +1,7 @@
 """What encoder-side latent refinement (``encode.py --refine STEPS``, lic.refine) buys, and what it
 costs: real files of Kodak images at a few modes, for several step counts.
 
-    python bench/refine.py [--images 3] [--modes 1 4 8] [--steps 0 10 25 50] [--proxies sga]
+    python -m experiments.refine [--images 3] [--modes 1 4 8] [--steps 0 10 25 50] [--proxies sga]
                            [--crop WxH] [--threads 1] [--checkpoint W]
 
 For every (mode, proxy, steps): mean real bpp, mean PSNR, the change against steps = 0 (same
@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, io
+from lic.eval.metrics import psnr
+from lic.refine import PROXIES, RefineConfig
+from lic.weights import fingerprint, load_checkpoint, load_model
 
-from lic import codec, io  # noqa: E402
-from lic.eval.metrics import psnr  # noqa: E402
-from lic.refine import PROXIES, RefineConfig  # noqa: E402
-from lic.weights import fingerprint, load_checkpoint, load_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

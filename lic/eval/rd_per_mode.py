@@ -1,8 +1,8 @@
 """Per mode: this codec's PSNR and MS-SSIM minus each measured codec's at the same bpp, from the
 files an evaluate run wrote.
 
-    python bench/rd_per_mode.py logs/eval/<run>           # after: python evaluate.py dataset=kodak
-    python bench/rd_per_mode.py logs/eval/<run> --against logs/eval/<earlier run>   # two models
+    python -m lic.eval.rd_per_mode logs/eval/<run>           # after: python evaluate.py dataset=kodak
+    python -m lic.eval.rd_per_mode logs/eval/<run> --against logs/eval/<earlier run>   # two models
 
 ``--against`` adds a row per metric for the lic curve of another run (the previous model on the
 same images) and its BD-rate / BD-PSNR (PCHIP) against it.
@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate
 
-from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate  # noqa: E402
 
 METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f"))
 
