@@ -233,8 +233,8 @@ def main(argv=None) -> int:
     if args.save is not None:
         (args.save / "machine.json").write_text(json.dumps(machine()) + "\n")
     worker_env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.worker_env))
-    r = subprocess.run([sys.executable, "-m", "bench.determinism", "--decode-worker", str(tmp), "--checkpoint", checkpoint],
-                       capture_output=True, text=True, cwd=REPO, env=worker_env)
+    r = subprocess.run([sys.executable, "-m", "bench.determinism", "--decode-worker", str(tmp),
+                        "--checkpoint", checkpoint], capture_output=True, text=True, cwd=REPO, env=worker_env)
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         print(r.stderr, file=sys.stderr)
@@ -258,7 +258,8 @@ def main(argv=None) -> int:
     print(f"decoded vs encoder's reconstruction round(y) -> g_s: identical {same_recon}/{total}")
     print(f"({time.perf_counter() - t0:.0f} s: encode + decode here {t_enc:.0f} s)")
     failed = [k for k in here if str(fresh.get(k, "failed")).startswith("failed")]
-    print(f"fresh process decoded {total - len(failed)}/{total} files" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"fresh process decoded {total - len(failed)}/{total} files"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     moved = [v for k, v in diffs.items() if fresh.get(k) != here[k]]
     if moved:
         print(f"pixels that differ where the decodes differ: at most {max(v[0] for v in moved)} level(s), "

@@ -56,7 +56,6 @@ from lic.models import Cheng2020GMM, ModelConfig
 from lic.weights import fingerprint
 
 
-
 class InputTimeout(BaseException):
     """Raised by the alarm; a BaseException so that no `except Exception` in the decoder swallows it."""
 

@@ -132,8 +132,8 @@ def large(args, checkpoint: str, what: str, tmp: Path) -> int:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     results = {}
     for ph in ("encode", "decode"):
-        cmd = [sys.executable, "-m", "bench.large_image", "--phase", ph, "--phase-dir", str(tmp), "--checkpoint", checkpoint,
-               "--mode", str(args.mode), "--threads", str(args.threads)]
+        cmd = [sys.executable, "-m", "bench.large_image", "--phase", ph, "--phase-dir", str(tmp),
+               "--checkpoint", checkpoint, "--mode", str(args.mode), "--threads", str(args.threads)]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

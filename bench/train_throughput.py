@@ -214,7 +214,7 @@ def main(argv=None) -> int:
     order = []
     for r in range(args.repeats):   # ABBA...: drift in the machine's load hits both loops alike
         order += ["plain", other] if r % 2 == 0 else [other, "plain"]
-    runs = {"plain": run_plain, "lightning": run_lightning, "compile": lambda a, l: run_plain(a, l, compiled=True)}
+    runs = {"plain": run_plain, "lightning": run_lightning, "compile": lambda a, log: run_plain(a, log, compiled=True)}
     for name in order:
         secs = runs[name](args, loader)
         results[name].append(images / secs)

@@ -58,11 +58,12 @@ def main() -> None:
         data = codec.encode_with_net(net, px, top if net.config.num_modes > 1 else None)
         real = codec.decode_with_net(net, data)
         rows.append((p.stem, psnr(ae, px), psnr(real, px), 8 * len(data) / (h * w)))
-        print(f"{p.parent.name}/{p.stem}: unquantized {rows[-1][1]:.2f} dB, mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp",
-              flush=True)
+        print(f"{p.parent.name}/{p.stem}: unquantized {rows[-1][1]:.2f} dB, "
+              f"mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp", flush=True)
     print(f"model {net.config.to_dict()}")
     print(f"mean over {len(rows)} images: unquantized g_s(g_a(x)) {statistics.mean(r[1] for r in rows):.2f} dB; "
-          f"real file at mode {top:g}: {statistics.mean(r[2] for r in rows):.2f} dB, {statistics.mean(r[3] for r in rows):.3f} bpp")
+          f"real file at mode {top:g}: {statistics.mean(r[2] for r in rows):.2f} dB, "
+          f"{statistics.mean(r[3] for r in rows):.3f} bpp")
 
 
 if __name__ == "__main__":

@@ -115,10 +115,11 @@ def main() -> None:
                     share = bits / (bpp * h * w)
                     summary.setdefault((name, mode, delta), []).append((share, after - before))
                     print(f"{path.stem} mode {mode:g} {name} delta {delta:g}: {n} parameters, file {bpp:.3f} bpp, "
-                          f"update ~{bits / 8:.0f} bytes (+{100 * share:.1f} % bits), PSNR {before:.2f} -> {after:.2f} dB "
-                          f"({seconds:.0f} s)", flush=True)
+                          f"update ~{bits / 8:.0f} bytes (+{100 * share:.1f} % bits), "
+                          f"PSNR {before:.2f} -> {after:.2f} dB ({seconds:.0f} s)", flush=True)
     for (name, mode, delta), rows in summary.items():
-        print(f"mean, mode {mode:g}, {name}, delta {delta:g}: +{100 * statistics.mean(r[0] for r in rows):.1f} % bits (estimate), "
+        print(f"mean, mode {mode:g}, {name}, delta {delta:g}: "
+              f"+{100 * statistics.mean(r[0] for r in rows):.1f} % bits (estimate), "
               f"{statistics.mean(r[1] for r in rows):+.2f} dB over {len(rows)} images")
 
 

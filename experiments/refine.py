@@ -54,7 +54,7 @@ def main() -> None:
         base = None
         for proxy, s in [("-", 0)] + [(p, s) for p in args.proxies for s in steps if s]:
             rows = []
-            for name, px in images:
+            for _, px in images:
                 t = time.perf_counter()
                 refine = RefineConfig(steps=s, proxy=proxy) if s else None
                 data = codec.encode_with_net(net, px, mode, fp, refine=refine)
@@ -66,8 +66,8 @@ def main() -> None:
                 base = rows
             dbits = statistics.mean(r[0] / b[0] - 1 for r, b in zip(rows, base))
             ddb = statistics.mean(r[1] - b[1] for r, b in zip(rows, base))
-            print(f"| {mode:g} | {proxy} | {s} | {bpp:.4f} | {db:.2f} | {100 * dbits:+.1f} % | {ddb:+.2f} | {sec:.1f} |",
-                  flush=True)
+            print(f"| {mode:g} | {proxy} | {s} | {bpp:.4f} | {db:.2f} | {100 * dbits:+.1f} % | {ddb:+.2f} "
+                  f"| {sec:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,8 @@ def load_training_checkpoint(path: str | Path):
     except FileNotFoundError:
         raise ExportError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is one clear error
-        raise ExportError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ExportError(f"{path}: cannot read the checkpoint "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not isinstance(ckpt, dict) or "lic_model_config" not in ckpt or "state_dict" not in ckpt:
         raise ExportError(f"{path}: not a lic training checkpoint (no lic_model_config / state_dict)")
     try:

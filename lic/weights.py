@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from lic.container import MODEL_IDS
-from lic.registry import read_registry, weights_dir  # noqa: F401  (re-exported: lic.weights.read_registry)
 from lic.models.cheng2020 import Cheng2020GMM, ModelConfig
+from lic.registry import read_registry, weights_dir  # noqa: F401  (re-exported: lic.weights.read_registry)
 
 DEFAULT_MODE = 3.0   # the default mode of a registry entry without "default_mode" (and of checkpoints)
 _MODEL_KEYS = {("checkerboard", False): 1, ("serial", False): 2, ("checkerboard", True): 3, ("serial", True): 4}
@@ -160,7 +160,8 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     cands.sort(key=lambda e: not e.get("default"))   # among entries of one name, the default first
     if not cands:
         if fp is not None:
-            raise WeightsError("no shipped weights match this file's fingerprint (made with other weights? give them with --checkpoint)")
+            raise WeightsError("no shipped weights match this file's fingerprint "
+                               "(made with other weights? give them with --checkpoint)")
         raise UnknownModeError(f"no shipped model {model or ''} has mode {mode:g}".replace("  ", " "))
     return cands[0]
 

@@ -103,9 +103,9 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
     import torch
 
     from lic.eval.bdrate import bd_rate
+    from lic.eval.datasets import resolve_dataset
     from lic.eval.lic_codec import LicCodec
     from lic.eval.plot import load_reference_curves
-    from lic.eval.datasets import resolve_dataset
     from lic.eval.runner import evaluate
 
     files = resolve_dataset("kodak")[:limit] if limit else resolve_dataset("kodak")
@@ -115,9 +115,10 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
         if new:
             f.write("# Zoo progress: Kodak results of exported checkpoints (real bitstreams)\n\n"
                     "Made by `python -m lic.zoo progress CKPT...`; BD-rate (PCHIP) vs the published Pillow JPEG "
-                    "curve (`../shared/reference/kodak/jpeg.json`) over the PSNR range both curves cover (in brackets); "
-                    "bpp / PSNR per mode are means over the images.\n\n"
-                    "| checkpoint | steps | images seen | pixels seen | compute | images | bpp per mode | PSNR per mode | BD-rate vs JPEG |\n"
+                    "curve (`../shared/reference/kodak/jpeg.json`) over the PSNR range both curves cover "
+                    "(in brackets); bpp / PSNR per mode are means over the images.\n\n"
+                    "| checkpoint | steps | images seen | pixels seen | compute | images | bpp per mode "
+                    "| PSNR per mode | BD-rate vs JPEG |\n"
                     "|---|---:|---:|---:|---|---:|---|---|---:|\n")
         for ck in ckpts:
             raw = torch.load(ck, map_location="cpu", weights_only=True) if ck.endswith(".ckpt") else {}
@@ -128,8 +129,8 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
             c = res.curves[0]
             bd = bd_rate(jpeg, c)
             lo, hi = max(min(c.psnr), min(jpeg.psnr)), min(max(c.psnr), max(jpeg.psnr))
-            f.write(f"| `{ck}` | {_sum(legs, 'steps')} | {_sum(legs, 'images_seen')} | {_sum(legs, 'pixels_seen', '.3g')} | "
-                    f"{_compute(legs)} | {len(files)} | "
+            f.write(f"| `{ck}` | {_sum(legs, 'steps')} | {_sum(legs, 'images_seen')} "
+                    f"| {_sum(legs, 'pixels_seen', '.3g')} | {_compute(legs)} | {len(files)} | "
                     f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
                     f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n")
             f.flush()
@@ -151,7 +152,8 @@ def main(argv=None) -> int:
         record()
     elif args.cmd == "check":
         bad = 0
-        recorded = {(e["file"], str(m)): v for e in read_registry() for m, v in e.get("check", {}).get("modes", {}).items()}
+        recorded = {(e["file"], str(m)): v for e in read_registry()
+                    for m, v in e.get("check", {}).get("modes", {}).items()}
         for r in measure_shipped():
             ref = recorded.get((r["file"], str(r["mode"])))
             ok = ref is not None and math.isclose(r["bpp"], ref["bpp"], rel_tol=BPP_RTOL) \

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image, features
 
 from lic.eval import baselines as B
-from lic.eval.metrics import psnr
 from lic.eval.datasets import read_pixels, reference_dir, resolve_dataset, shared_dir
+from lic.eval.metrics import psnr
 from lic.eval.runner import (
     ImageRecord,
     RecordCache,

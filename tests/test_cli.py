@@ -335,7 +335,8 @@ def test_info_describes_a_file_without_decoding_or_torch(tmp_path, png, checkpoi
     assert_one_error(run("decode.py", "--info", str(bad)), 3, "lic-decode", "checksum mismatch")
     r = run("decode.py", "--info", str(lic), "-o", str(tmp_path / "x.png"))     # usage: the usage, then one line
     assert r.returncode == 2 and r.stdout == b""
-    assert error_lines(r.stderr)[-1] == "lic-decode: error: --info writes its report to stdout; -o is not allowed with it"
+    assert error_lines(r.stderr)[-1] == ("lic-decode: error: --info writes its report to stdout; "
+                                         "-o is not allowed with it")
     assert listing(tmp_path) == ["bad.lic", "img.lic", "img.png"]
 
 
@@ -343,9 +344,9 @@ def test_info_names_the_shipped_weights(tmp_path):
     from lic.registry import read_registry
 
     default = next(e for e in read_registry() if e.get("default"))
+    from lic import codec
     from lic.cli import describe
     from lic.weights import load_model
-    from lic import codec
 
     loaded = load_model()
     data = codec.encode_image(loaded, RGB)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, random_image, tiny_net, decode_under_threads
+from conftest import REPO, decode_under_threads, random_image, tiny_net
 from lic import codec, container, io
 
 

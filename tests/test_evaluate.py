@@ -18,10 +18,10 @@ from conftest import KODAK, REPO, random_image, tiny_net
 from lic import codec, container
 from lic.eval.baselines import JPEG
 from lic.eval.bitmap import BitMap, bit_map, hyper_bits
+from lic.eval.datasets import read_pixels
 from lic.eval.lic_codec import LicCodec
 from lic.eval.metrics import RDCurve, psnr
 from lic.eval.plot import side_by_side, side_by_side_rows
-from lic.eval.datasets import read_pixels
 from lic.eval.runner import read_csv
 from lic.weights import export, fingerprint, load_checkpoint
 
@@ -165,7 +165,8 @@ def test_a_second_run_reuses_the_classical_results(eval_run):
     first, second = rows(eval_run["out"]), rows(tmp / "run2")
     assert [r for r in second if r["codec"] == "JPEG"] == [r for r in first if r["codec"] == "JPEG"]
     lic_times = [(r["encode_seconds"], r["decode_seconds"]) for r in first if r["codec"] != "JPEG"]
-    assert lic_times and lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
+    assert lic_times
+    assert lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
 
 
 def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
@@ -255,7 +256,7 @@ def test_side_by_side_with_tiny_codec(tmp_path):
     jpeg = JPEG(settings=[5, 20, 50, 80, 95])
     rows = side_by_side_rows(images, lic, 1.0, jpeg=jpeg)
     assert [r.title for r in rows] == ["Alpha", "Beta"]
-    for row, (title, px) in zip(rows, images.items()):
+    for row, px in zip(rows, images.values()):
         h, w = px.shape[:2]
         assert row.codec_name == "tiny lic"
         assert row.codec_bpp == 8.0 * len(lic.encode(px, 1.0)) / (h * w)

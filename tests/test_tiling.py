@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image, tiny_net, decode_under_threads
+from conftest import decode_under_threads, random_image, tiny_net
 from lic import codec, container, io
 from lic.eval.memory import peak_rss_mb, reset_peak_rss
 

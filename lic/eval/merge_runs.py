@@ -20,7 +20,6 @@ from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves
 from lic.eval.runner import ImageRecord, aggregate, read_csv, write_outputs
 
 
-
 def lic_name(records: list[ImageRecord], run: Path) -> str:
     names = {r.codec for r in records if r.codec.startswith("lic ")}
     if len(names) != 1:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate
 
-
 METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f"))
 
 

@@ -9,9 +9,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lic.eval.baselines import available_baselines
+from lic.eval.datasets import resolve_dataset
 from lic.eval.lic_codec import LicCodec
 from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves, side_by_side_standard
-from lic.eval.datasets import resolve_dataset
 from lic.eval.runner import EvalResult, RecordCache, evaluate
 from lic.refine import RefineConfig
 
@@ -47,7 +47,8 @@ def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
 
     run = wandb.init(project=cfg.wandb.project, job_type="eval", dir=str(out), name=f"eval-{cfg.dataset.name}",
                      config=OmegaConf.to_container(cfg, resolve=True), mode=os.environ["WANDB_MODE"])
-    rows = [[c.label, s, b, p] for c in result.curves for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
+    rows = [[c.label, s, b, p] for c in result.curves
+            for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
     run.log({"rd_points": wandb.Table(columns=["codec", "setting", "bpp", "psnr"], data=rows)})
     for key, path in result.files.items():
         if str(path).endswith(".png"):

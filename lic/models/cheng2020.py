@@ -28,7 +28,6 @@ The coding paths evaluate h_s, the context model and the mixture head through
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
