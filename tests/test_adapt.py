@@ -227,6 +227,7 @@ def test_crc_and_layout_of_an_adapted_file():
     assert n == len(container.unpack(data)[1])
 
 
+@pytest.mark.slow
 def test_evaluate_config_turns_it_on_and_labels_the_curve():
     from omegaconf import OmegaConf
 
@@ -267,6 +268,7 @@ def test_mutated_adapted_files_fail_cleanly():
     assert outcomes["refused"] > 0 and sum(outcomes.values()) == 150
 
 
+@pytest.mark.slow
 def test_shipped_model_update_lowers_the_real_cost_of_a_real_image(kodak_crop):
     """The shipped default on a 256x256 Kodak crop (kodim05): at mode 8 the update is sent and the
     decoded file's real cost, lambda x MSE + bpp, is lower than without it, with +0.14 dB measured

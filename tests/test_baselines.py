@@ -174,6 +174,7 @@ def test_runner_records_ms_ssim_crop_and_pairs():
     assert curve.name == "JPEG" and curve.settings == [80]
 
 
+@pytest.mark.slow
 def test_runner_workers_give_the_same_records_in_the_same_order(tmp_path):
     images = [("a", make_image(64, 80)), ("b", make_image(48, 64))]
     codecs = [B.JPEG(settings=[30, 80]), B.WebP(settings=[50])]

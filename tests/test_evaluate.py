@@ -86,6 +86,7 @@ def _lic_json(out: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_per_image_csv_has_every_codec_setting_and_image(eval_run):
     out = eval_run["out"]
     records = read_csv(out / "per_image.csv")
@@ -109,6 +110,7 @@ def test_per_image_csv_has_every_codec_setting_and_image(eval_run):
                                        "ms_ssim", "encode_seconds", "decode_seconds"]
 
 
+@pytest.mark.slow
 def test_lic_json_follows_compressai_schema_and_counts_whole_files(eval_run):
     out = eval_run["out"]
     data = json.loads(_lic_json(out).read_text())
@@ -150,6 +152,7 @@ def test_lic_json_follows_compressai_schema_and_counts_whole_files(eval_run):
     assert jpeg["name"] == "JPEG" and len(jpeg["results"]["bpp"]) == len(JPEG().settings)
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_classical_results(eval_run):
     """evaluate.py again on the same images: JPEG's 19 x 2 results come from the record cache,
     the learned codec is coded again, and the per-image rows are the first run's."""
@@ -169,6 +172,7 @@ def test_a_second_run_reuses_the_classical_results(eval_run):
     assert lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
 
 
+@pytest.mark.slow
 def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     """model.refine, workers and curves: a refining encoder coded in two processes, labelled as
     refined, with the first run's lic curve drawn and tabulated beside it."""
@@ -188,6 +192,7 @@ def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     assert len(rows) == 2 * 3 + 2 * 19            # every (codec, setting, image) once, from the workers
 
 
+@pytest.mark.slow
 def test_plots_bd_table_config_and_wandb(eval_run):
     out = eval_run["out"]
     for stem in ("rd_psnr", "rd_msssim"):

@@ -75,6 +75,7 @@ def test_refinement_never_returns_a_costlier_latent():
 
 @pytest.mark.skipif(not (KODAK / "kodim05.png").exists(), reason="needs ../shared (Kodak)")
 @pytest.mark.parametrize("mode", [2, 6])
+@pytest.mark.slow
 def test_refinement_makes_real_files_cheaper_with_the_shipped_model(mode):
     """Real bytes, real PSNR: lmbda * 255^2 * MSE + bpp must drop, at a low and a high mode."""
     from PIL import Image

@@ -164,6 +164,7 @@ def test_corrupt_last_tile_fails_before_any_network_runs(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_tiled_decode_identical_in_fresh_process(tmp_path):
     """Encode with 2 threads here, decode with 1 thread in a fresh process: the same pixels."""
     import subprocess

@@ -41,7 +41,7 @@ def test_no_tracked_text_file_holds_a_machine_path():
     bad = []
     for name in files:
         path = REPO / name
-        if not path.is_file():
+        if not path.is_file() or name == "tests/test_tracked_files.py":   # (its own examples above)
             continue
         for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             m = MACHINE_PATH.search(line)

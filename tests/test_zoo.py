@@ -47,6 +47,7 @@ def test_a_model_name_means_its_default_entry():
     assert LicCodec.shipped(modes=[1.0]).models[1.0].source.endswith(default["file"])
 
 
+@pytest.mark.slow
 def test_modes_are_ordered_weaker_to_stronger():
     from lic.weights import load_model
     from lic.zoo import check_pixels, measure
