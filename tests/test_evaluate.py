@@ -328,3 +328,55 @@ def test_bit_map_tiled_and_hyper_bits():
         zb = hyper_bits(net, net.h_a(net.g_a(x)))
     assert zb.shape == (net.config.N, 1, 1)
     assert 0 <= 8 * len(streams[0]) - zb.sum() <= 96
+
+
+# ---------------------------------------------------------------------------- options that scale
+
+
+def compose_eval(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def test_spread_keeps_the_ends_and_the_order():
+    from lic.eval.run import spread
+
+    s = list(range(5, 100, 5))                                   # JPEG's 19 qualities
+    assert spread(s, 5) == [5, 25, 50, 75, 95]
+    assert spread(s, None) == s and spread(s, 30) == s
+    assert spread([10, 20, 30], 1) == [20]
+
+
+def test_a_part_of_a_dataset_is_a_quick_look_unless_asked():
+    from lic.eval.run import _baseline_settings, _side_by_side_wanted
+
+    whole, part = compose_eval([]), compose_eval(["limit=2"])
+    assert _baseline_settings(whole) is None and _side_by_side_wanted(whole)
+    assert _baseline_settings(part) == 5 and not _side_by_side_wanted(part)
+    asked = compose_eval(["limit=2", "baseline_settings=null", "side_by_side.enabled=true"])
+    assert _baseline_settings(asked) is None and _side_by_side_wanted(asked)
+    quick = compose_eval(["preset=quick"])
+    assert (quick.limit, _baseline_settings(quick), quick.ms_ssim, quick.wandb.enabled) == (2, 5, False, False)
+    assert compose_eval(["preset=quick", "limit=3"]).limit == 3      # the command line wins
+
+
+def test_classical_codecs_alone_at_spread_settings_log_the_bd_table(tmp_path, caplog):
+    """model.enabled=false: no learned codec (and no side-by-side figure); baseline_settings=3
+    codes JPEG at 3 of its qualities; the BD table goes to the log (evaluate.log under Hydra)."""
+    from lic.eval.run import run
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, px in small_images().items():
+        Image.fromarray(px).save(folder / f"{name}.png")
+    cfg = compose_eval(["model.enabled=false", "baselines=[jpeg,jpeg-opt]", "baseline_settings=3",
+                        f"dataset.path='{folder}'", "dataset.name=tiny", "ms_ssim=false", "wandb.enabled=false",
+                        "cache_dir=null", "side_by_side.enabled=true", f"paths.output_dir='{tmp_path / 'run'}'"])
+    with caplog.at_level("INFO", logger="lic.eval.run"):
+        result = run(cfg)
+    assert [c.name for c in result.curves] == ["JPEG", "JPEG (optimize)"]
+    assert result.curves[0].settings == [5, 50, 95]
+    assert not (tmp_path / "run" / "side_by_side.png").exists()
+    assert "### BD vs JPEG" in caplog.text and "JPEG (optimize)" in caplog.text

@@ -58,6 +58,32 @@ def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
     run.finish()
 
 
+def spread(settings: list, n: int | None) -> list:
+    """``n`` of ``settings`` spread evenly over the list, its first and last included (all when
+    ``n`` is None or not smaller)."""
+    if not n or n >= len(settings):
+        return list(settings)
+    if n == 1:
+        return [settings[len(settings) // 2]]
+    return [settings[round(i * (len(settings) - 1) / (n - 1))] for i in range(n)]
+
+
+def _baseline_settings(cfg: DictConfig) -> int | None:
+    """``baseline_settings``: N, null (all), or auto (all over a whole dataset, 5 with limit / crop)."""
+    n = cfg.get("baseline_settings")
+    if str(n).lower() == "auto":
+        return 5 if (cfg.limit or cfg.crop) else None
+    return int(n) if n else None
+
+
+def _side_by_side_wanted(cfg: DictConfig) -> bool:
+    """``side_by_side.enabled``: true, false, or auto (only for runs over a whole dataset)."""
+    want = cfg.side_by_side.enabled
+    if str(want).lower() == "auto":
+        return not cfg.limit and not cfg.crop
+    return bool(want)
+
+
 def run(cfg: DictConfig) -> EvalResult:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -69,7 +95,10 @@ def run(cfg: DictConfig) -> EvalResult:
     if cfg.limit:
         files = files[: int(cfg.limit)]
     lic_codec = build_codec(cfg) if cfg.model.get("enabled", True) else None
-    codecs = ([lic_codec] if lic_codec is not None else []) + available_baselines(list(cfg.baselines or []))
+    baselines = available_baselines(list(cfg.baselines or []))
+    for b in baselines:
+        b.settings = spread(b.settings, _baseline_settings(cfg))
+    codecs = ([lic_codec] if lic_codec is not None else []) + baselines
     kodak = Path(cfg.paths.data_dir) / "kodak"
     full_kodak = (kodak.is_dir() and Path(cfg.dataset.path).resolve() == kodak.resolve()
                   and not cfg.limit and not cfg.crop)
@@ -80,9 +109,9 @@ def run(cfg: DictConfig) -> EvalResult:
                       title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache,
                       workers=int(cfg.get("workers") or 1))
     if cache is not None:
-        print(cache.summary())
+        log.info(cache.summary())
         cache.close()
-    if cfg.side_by_side.enabled and lic_codec is not None:
+    if lic_codec is not None and _side_by_side_wanted(cfg):
         try:
             mode = cfg.side_by_side.mode
             if mode is None:   # the shipped model's default mode (a checkpoint: lic.weights.DEFAULT_MODE)
@@ -94,10 +123,10 @@ def run(cfg: DictConfig) -> EvalResult:
                 result.files[f"side_by_side.{p.suffix[1:]}"] = p
         except FileNotFoundError as e:
             log.warning("side-by-side figure skipped: %s", e)
+    # logged, not printed: under Hydra the console and the run's evaluate.log both get them
     if result.bd is not None:
-        print(result.bd.to_markdown())
-    for key, path in result.files.items():
-        print(f"{key}: {path}")
+        log.info("BD-rate table (bd_rate.md):\n%s", result.bd.to_markdown())
+    log.info("files:\n%s", "\n".join(f"{key}: {path}" for key, path in result.files.items()))
     if cfg.wandb.enabled:
         _log_wandb(cfg, out, result)
     return result

@@ -30,6 +30,7 @@ Its command line is ``evaluate.py`` (:mod:`lic.eval.run`); where the images come
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import json
@@ -245,6 +246,11 @@ def run_codecs(
     (spawned, each given the codecs and images once, with torch's threads shared out among
     them); the records are the same and in the same order, but encode / decode seconds are
     then measured side by side with other work.
+
+    Progress: one bar per codec (its images x settings still to code), so that each bar's rate
+    and time left come from jobs of one kind: the learned codec takes a second or a minute an
+    image where a classical one takes milliseconds, and one bar over both promised hours at the
+    start and minutes at the end.
     """
     from tqdm import tqdm
 
@@ -277,14 +283,28 @@ def run_codecs(
             cache.misses += 1
             cache.put(job[4], record)
 
-    with tqdm(total=len(records), initial=len(records) - len(jobs), disable=not progress, unit="img",
-              dynamic_ncols=True) as bar:
+    left = collections.Counter(job[1] for job in jobs)   # codec -> jobs not finished
+    bars: dict[int, Any] = {}
+
+    def started(ci: int, setting: Any) -> None:
+        if ci not in bars:
+            bars[ci] = tqdm(total=left[ci], desc=codecs[ci].name, disable=not progress, unit="img",
+                            dynamic_ncols=True)
+        bars[ci].set_postfix_str(f"setting {setting}", refresh=False)
+
+    def finished(ci: int) -> None:
+        bars[ci].update(1)
+        left[ci] -= 1
+        if not left[ci]:
+            bars.pop(ci).close()
+
+    try:
         if workers == 1 or len(jobs) <= 1:
             for job in jobs:
                 _, ci, setting, ii, _ = job
-                bar.set_description(f"{codecs[ci].name} @ {setting}")
+                started(ci, setting)
                 done(job, _code_one(codecs[ci], setting, *loaded[ii], with_ms_ssim))
-                bar.update(1)
+                finished(ci)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -297,9 +317,12 @@ def run_codecs(
                 futures = {pool.submit(_worker_code, job[1], job[2], job[3], with_ms_ssim): job for job in jobs}
                 for fut in as_completed(futures):
                     job = futures[fut]
-                    bar.set_description(f"{codecs[job[1]].name} @ {job[2]}")
+                    started(job[1], job[2])
                     done(job, fut.result())
-                    bar.update(1)
+                    finished(job[1])
+    finally:
+        for bar in bars.values():
+            bar.close()
     return [r for r in records if r is not None]
 
 
