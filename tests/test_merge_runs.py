@@ -64,8 +64,8 @@ def test_rd_per_mode_prints_the_gain_at_each_modes_rate(tmp_path, capsys):
     _curve(earlier / "lic-w.json", "lic w", [0.1, 0.2, 0.4], [25.5, 27.5, 29.5])
     assert rd_per_mode.main([str(run), "--against", str(earlier)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[2] == "| bpp | 0.100 | 0.200 | 0.400 |"
+    assert out[2:4] == ["| bpp | 0.100 | 0.200 | 0.400 |", "| PSNR RGB (dB) | 26.00 | 28.00 | 30.00 |"]
     # JPEG at 0.4 bpp, joined linearly in log-bpp between (0.2, 25) and (0.8, 31): 28 dB
-    assert out[3] == "| PSNR (dB) vs jpeg | (below) | +3.00 | +2.00 |"
-    assert out[4].startswith("| PSNR (dB) vs lic-w (") and out[4].endswith("| +0.50 | +0.50 | +0.50 |")
+    assert out[4] == "| PSNR (dB) vs jpeg | (below) | +3.00 | +2.00 |"
+    assert out[5].startswith("| PSNR (dB) vs lic-w (") and out[5].endswith("| +0.50 | +0.50 | +0.50 |")
     assert any(line.startswith("BD-rate (PSNR) vs ") for line in out)

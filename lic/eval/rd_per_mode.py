@@ -1,5 +1,5 @@
-"""Per mode: this codec's PSNR and MS-SSIM minus each measured codec's at the same bpp, from the
-files an evaluate run wrote.
+"""Per mode: the learned codec's bpp, PSNR and MS-SSIM, and its PSNR and MS-SSIM minus each
+measured codec's at the same bpp, from the files an evaluate run wrote.
 
     python -m lic.eval.rd_per_mode logs/eval/<run>           # after: python evaluate.py dataset=kodak
     python -m lic.eval.rd_per_mode logs/eval/<run> --against logs/eval/<earlier run>   # two models
@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     print(f"| {ours.stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
     print("|---|" + "---:|" * len(modes))
     print("| bpp | " + " | ".join(f"{b:.3f}" for b in lic["bpp"]) + " |")
+    print("| PSNR RGB (dB) | " + " | ".join(f"{p:.2f}" for p in lic["psnr-rgb"]) + " |")
+    if lic.get("ms-ssim-rgb") and all(v is not None for v in lic["ms-ssim-rgb"]):
+        print("| MS-SSIM | " + " | ".join(f"{v:.3f}" for v in lic["ms-ssim-rgb"]) + " |")
     for name, res in curves:
         for key, label, fmt in METRICS:
             if not res.get(key) or not lic.get(key):
