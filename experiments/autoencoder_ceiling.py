@@ -10,7 +10,7 @@ the folder, sorted, every ``--stride``-th): on the training photos it tells whet
 has merely memorised its training set (much higher there than on Kodak) or is as limited there.
 
 This is how the shipped N = M = 64 model's limit
-was found (docs/training.md); run it on any checkpoint to see whether its transforms or its
+was found (docs/history.md); run it on any checkpoint to see whether its transforms or its
 entropy model limit the top of its curve.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ A Karhunen-Loeve transform (PCA) of 16x16x3 blocks, fitted on the training photo
 PSNR on Kodak of the 8-bit reconstruction.  The learned model sees the same 1/16 grid: y has M
 numbers per 16x16 block, and g_s's first block (``ResidualBlock(M, N_s)``) passes N_s of them on.
 Its unquantized ceiling (``experiments/autoencoder_ceiling.py``) set beside this table says how many
-numbers per block the trained transforms use in effect (docs/training.md, "The flat top").
+numbers per block the trained transforms use in effect (docs/history.md, "The flat top").
 No quantization, no entropy coding: a reference point for the transforms, not a codec.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ files (bpp of the whole file, PSNR), against JPEG (Pillow, 4:2:0) measured on th
 "dB over JPEG" is the PSNR gain at the candidate's own bpp (JPEG interpolated in log-bpp).  A
 single-rate model gives one point, so this is a gain at one rate, not a BD-rate.
 
-The table (markdown) is printed and written to OUT/race.md; docs/training.md keeps the results.
+The table (markdown) is printed and written to OUT/race.md; docs/history.md keeps the results.
 """
 from __future__ import annotations
 

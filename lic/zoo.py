@@ -3,7 +3,7 @@
     python -m lic.zoo record                 # store bpp / PSNR of a fixed real crop for every shipped mode
     python -m lic.zoo check                  # re-measure them (what tests/test_zoo.py does)
     python -m lic.zoo progress CKPT [CKPT ...] [--limit N]
-        # evaluate checkpoints on Kodak (real bitstreams), append rows to docs/zoo_progress.md:
+        # evaluate checkpoints on Kodak (real bitstreams), append rows to logs/zoo_progress.md:
         # steps, images / pixels seen, compute hours, mean bpp / PSNR per mode, BD-rate vs JPEG
 
 The reference crop is 128x128 pixels of Kodak's kodim05 at (128, 128), from ../shared/data/kodak.
@@ -110,6 +110,7 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
 
     files = resolve_dataset("kodak")[:limit] if limit else resolve_dataset("kodak")
     jpeg = load_reference_curves(["jpeg"])[0]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
     new = not out_md.exists()
     with out_md.open("a") as f:
         if new:
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("progress")
     p.add_argument("ckpts", nargs="+")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "zoo_progress.md"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "logs" / "zoo_progress.md"),
+                   help="the markdown table to append to (docs/history.md keeps the shipped models' rows)")
     args = ap.parse_args(argv)
     if args.cmd == "record":
         record()
