@@ -47,16 +47,20 @@ def main(argv=None) -> int:
         theirs = lic_json(Path(args.against))
         other = json.loads(theirs.read_text())["results"]
         curves.append((f"{theirs.stem} ({args.against})", other))
+    def measured(res: dict, key: str) -> bool:
+        """``key``'s values are all there (a run with ms_ssim=false writes nulls)."""
+        return bool(res.get(key)) and all(v is not None for v in res[key])
+
     modes = range(1, len(lic["bpp"]) + 1)
     print(f"| {ours.stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
     print("|---|" + "---:|" * len(modes))
     print("| bpp | " + " | ".join(f"{b:.3f}" for b in lic["bpp"]) + " |")
     print("| PSNR RGB (dB) | " + " | ".join(f"{p:.2f}" for p in lic["psnr-rgb"]) + " |")
-    if lic.get("ms-ssim-rgb") and all(v is not None for v in lic["ms-ssim-rgb"]):
+    if measured(lic, "ms-ssim-rgb"):
         print("| MS-SSIM | " + " | ".join(f"{v:.3f}" for v in lic["ms-ssim-rgb"]) + " |")
     for name, res in curves:
         for key, label, fmt in METRICS:
-            if not res.get(key) or not lic.get(key):
+            if not (measured(res, key) and measured(lic, key)):
                 continue
             cells = []
             for b, q in zip(lic["bpp"], lic[key]):
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
     if args.against:
         print()
         for key, label, _ in METRICS:
-            if lic.get(key) and other.get(key):
+            if measured(lic, key) and measured(other, key):
                 a, t = list(zip(other["bpp"], other[key])), list(zip(lic["bpp"], lic[key]))
                 print(f"BD-rate ({label.split()[0]}) vs {args.against}: {bd_rate(a, t):+.2f} %", end="")
                 print(f", BD-PSNR {bd_psnr(a, t):+.3f} dB" if key == "psnr-rgb" else "")
