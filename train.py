@@ -1,4 +1,6 @@
-"""Train a learned codec.  python train.py lambda=0.0067 | model=mbt2018-mean lambda=0.0067 | -m quality=q1,q2,q3 | experiment=cpu_vr
+"""Train a learned codec.
+
+    python train.py lambda=0.0067 | model=mbt2018-mean lambda=0.0067 | -m quality=q1,q2,q3 | experiment=cpu_vr
 
 Configs live in configs/ (Hydra); every run writes its resolved config, checkpoints and logs
 into its own folder under logs/ (a sweep: one folder, a subfolder per job).  Resume with

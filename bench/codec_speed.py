@@ -1,7 +1,7 @@
 """Codec speed on Kodak: this codec (checkerboard and serial contexts) against CompressAI's
 cheng2020_attn (N=128, random init after update()), in the same run, seconds per image.
 
-    python bench/codec_speed.py [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
+    python -m bench.codec_speed [--images 3] [--N 64] [--M 192] [--threads 2] [--weights shipped|random]
                                 [--modes 1 2 3 4 5 6] [--checkpoint W ...]
 
 With --weights shipped (default when weights/registry.json has a model) the checkerboard
@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from lic import codec, container, io
+from lic.models import Cheng2020GMM, ModelConfig
+from lic.weights import fingerprint
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from lic import codec, container, io  # noqa: E402
-from lic.weights import fingerprint  # noqa: E402
-from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
 
 
-def timed(fn, *a):
+def timed(fn, *a, **kw):
     t = time.perf_counter()
-    out = fn(*a)
+    out = fn(*a, **kw)
     return out, time.perf_counter() - t
 
 
@@ -41,7 +38,7 @@ def bench_lic(name, net, images, mode, version=None, adapt_layer=False):
     fp = fingerprint(net)   # computed once, as encode.py / decode.py do when they load the weights
     version = version or container.VERSION
     for px in images:
-        data, te = timed(lambda: codec.encode_with_net(net, px, mode, fp, version=version, adapt_layer=adapt_layer))
+        data, te = timed(codec.encode_with_net, net, px, mode, fp, version=version, adapt_layer=adapt_layer)
         out, td = timed(codec.decode_with_net, net, data, None, fp)
         enc.append(te), dec.append(td), bpp.append(8 * len(data) / (px.shape[0] * px.shape[1]))
     return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
@@ -60,7 +57,8 @@ def bench_compressai(images):
             _, td = timed(net.decompress, c["strings"], c["shape"])
         nbytes = sum(len(s[0]) for s in c["strings"])
         enc.append(te), dec.append(td), bpp.append(8 * nbytes / (px.shape[0] * px.shape[1]))
-    return "compressai cheng2020_attn N=128 (random init)", statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
+    name = "compressai cheng2020_attn N=128 (random init)"
+    return name, statistics.mean(enc), statistics.mean(dec), statistics.mean(bpp)
 
 
 def main() -> None:
@@ -70,9 +68,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--mode", type=float, default=3.0)
     ap.add_argument("--modes", type=float, nargs="*", default=None, help="time the shipped model at each of these")
-    ap.add_argument("--M", type=int, default=None, help="also time a random-init checkerboard model with M latent channels")
+    ap.add_argument("--M", type=int, default=None,
+                    help="also time a random-init checkerboard model with M latent channels")
     ap.add_argument("--weights", choices=["shipped", "random"], default=None)
-    ap.add_argument("--checkpoint", nargs="*", default=[], help="also time these weights (.safetensors / .ckpt) at --mode / --modes")
+    ap.add_argument("--checkpoint", nargs="*", default=[],
+                    help="also time these weights (.safetensors / .ckpt) at --mode / --modes")
     ap.add_argument("--skip-serial", action="store_true")
     ap.add_argument("--skip-compressai", action="store_true")
     ap.add_argument("--format-versions", type=int, nargs="*", default=None,
@@ -98,13 +98,14 @@ def main() -> None:
                 rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g}{tag}",
                                       loaded.net, images, mode, v))
             if args.adapt:
-                rows.append(bench_lic(f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g} --adapt",
-                                      loaded.net, images, mode, adapt_layer=True))
+                name = f"lic shipped {loaded.name} {widths_label(loaded.net.config)} mode {mode:g} --adapt"
+                rows.append(bench_lic(name, loaded.net, images, mode, adapt_layer=True))
         torch.manual_seed(0)
     for path in args.checkpoint:
         for mode in args.modes or [args.mode]:
             loaded = load_model(mode=mode, checkpoint=path)
-            rows.append(bench_lic(f"lic {Path(path).name} {widths_label(loaded.net.config)} mode {mode:g}", loaded.net, images, mode))
+            name = f"lic {Path(path).name} {widths_label(loaded.net.config)} mode {mode:g}"
+            rows.append(bench_lic(name, loaded.net, images, mode))
     for ctx in ("checkerboard",) + (() if args.skip_serial else ("serial",)):
         if use_shipped and ctx == "checkerboard":
             continue

@@ -1,10 +1,10 @@
 """Decoding is bit-identical across thread counts and processes.
 
-    python bench/determinism.py [--images 24] [--modes all] [--checkpoint PATH | --random [--N 64]]
+    python -m bench.determinism [--images 24] [--modes all] [--checkpoint PATH | --random [--N 64]]
                                 [--crop HxW] [--tile-size T] [--encode-threads 2]
                                 [--worker-env ONEDNN_MAX_CPU_ISA=AVX2 --worker-env ATEN_CPU_CAPABILITY=avx2]
                                 [--save DIR]        # on one machine, then on another:
-    python bench/determinism.py --check DIR [--checkpoint PATH]
+    python -m bench.determinism --check DIR [--checkpoint PATH]
 
 Every Kodak image (``../shared/data/kodak``; synthetic images when absent) is
 encoded at every mode of the model with ``--encode-threads`` torch threads (2)
@@ -38,12 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-KODAK = REPO.parent / "shared" / "data" / "kodak"
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "data" / "kodak"
 
 
 def digest(pixels: np.ndarray) -> str:
@@ -234,8 +233,8 @@ def main(argv=None) -> int:
     if args.save is not None:
         (args.save / "machine.json").write_text(json.dumps(machine()) + "\n")
     worker_env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.worker_env))
-    r = subprocess.run([sys.executable, __file__, "--decode-worker", str(tmp), "--checkpoint", checkpoint],
-                       capture_output=True, text=True, cwd=REPO, env=worker_env)
+    r = subprocess.run([sys.executable, "-m", "bench.determinism", "--decode-worker", str(tmp),
+                        "--checkpoint", checkpoint], capture_output=True, text=True, cwd=REPO, env=worker_env)
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         print(r.stderr, file=sys.stderr)
@@ -259,7 +258,8 @@ def main(argv=None) -> int:
     print(f"decoded vs encoder's reconstruction round(y) -> g_s: identical {same_recon}/{total}")
     print(f"({time.perf_counter() - t0:.0f} s: encode + decode here {t_enc:.0f} s)")
     failed = [k for k in here if str(fresh.get(k, "failed")).startswith("failed")]
-    print(f"fresh process decoded {total - len(failed)}/{total} files" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"fresh process decoded {total - len(failed)}/{total} files"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     moved = [v for k, v in diffs.items() if fresh.get(k) != here[k]]
     if moved:
         print(f"pixels that differ where the decodes differ: at most {max(v[0] for v in moved)} level(s), "

@@ -1,7 +1,7 @@
 """The bytes of each .lic format version on Kodak: what the exact tables of version 2
 (lic.models.exact) cost against the float32 ones of version 1, same weights, same images.
 
-    python bench/format_rate.py [--modes 1 4 8] [--images 24] [--checkpoint W]
+    python -m bench.format_rate [--modes 1 4 8] [--images 24] [--checkpoint W]
 
 Prints, per mode, the total bytes of both versions, their relative difference and in how many
 files the streams (everything after the version byte, CRC aside) are identical.
@@ -12,13 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
+from lic import codec, io
+from lic.weights import load_model
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-
-from lic import codec, io  # noqa: E402
-from lic.weights import load_model  # noqa: E402
 
 
 def main(argv=None) -> int:

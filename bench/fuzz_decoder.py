@@ -1,6 +1,6 @@
 """Fuzz the .lic decoder in-process: every input must end as an image or a FormatError.
 
-    python bench/fuzz_decoder.py [--inputs 100000] [--seconds 600] [--seed 0] [--timeout 10]
+    python -m bench.fuzz_decoder [--inputs 100000] [--seconds 600] [--seed 0] [--timeout 10]
                                  [--save DIR] [--threads 1] [--rss-growth-mb 512]
 
 Inputs are derived from real files made by tiny random-init models (N=8;
@@ -49,18 +49,15 @@ import time
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lic import codec, container  # noqa: E402
-from lic.container import FormatError  # noqa: E402
-from lic.entropy.mixture import MAX_SUPPORT, MixtureStreamError  # noqa: E402
-from lic.eval.memory import peak_rss_mb, reset_peak_rss  # noqa: E402
-from lic.models import Cheng2020GMM, ModelConfig  # noqa: E402
-from lic.weights import fingerprint  # noqa: E402
+from lic import codec, container
+from lic.container import FormatError
+from lic.entropy.mixture import MAX_SUPPORT, MixtureStreamError
+from lic.eval.memory import peak_rss_mb, reset_peak_rss
+from lic.models import Cheng2020GMM, ModelConfig
+from lic.weights import fingerprint
 
 
 class InputTimeout(BaseException):

@@ -20,7 +20,8 @@ replace what the streams say:
                  (``MAX_SUPPORT``, -2048..2047): refused before any table is built.
 
 Each file is decoded --repeats times with the shipped default model (loaded once), the files of a
-mode in turn; the table prints the fastest wall time and process CPU time, and the hostile / real ratios (CPU time is the steadier
+mode in turn; the table prints the fastest wall time and process CPU time, and the hostile / real
+ratios (CPU time is the steadier
 figure on a busy machine). Exit status 1 when a hostile file that is decoded costs more than
 --max-ratio (default 3) times the real one in CPU time.
 """

@@ -1,6 +1,6 @@
 """Check that Pillow JPEG on the 24 Kodak images reproduces CompressAI's ``jpeg.json``.
 
-    python bench/jpeg_anchor.py [--bpp-tol 0.1] [--psnr-tol 0.1] [--ms-ssim] [--standalone]
+    python -m bench.jpeg_anchor [--bpp-tol 0.1] [--psnr-tol 0.1] [--ms-ssim] [--standalone]
 
 Runs :class:`lic.eval.baselines.JPEG` (quality 5..95 step 5, 4:2:0, optimize=False) on
 ``<repo>/../shared/data/kodak``, averages per quality over the 24 images (per-image PSNR
@@ -13,7 +13,7 @@ Known result: ``jpeg.json`` was made with Pillow 7.1.2, whose wheels link IJG li
 9d; it is reproduced exactly (bpp to 1e-15, PSNR to 1e-7 dB) with that Pillow::
 
     python3.8 -m venv /tmp/pil7 && /tmp/pil7/bin/pip install Pillow==7.1.2 "numpy<1.25"
-    /tmp/pil7/bin/python bench/jpeg_anchor.py --standalone      # -> REPRODUCED
+    /tmp/pil7/bin/python -m bench.jpeg_anchor --standalone      # -> REPRODUCED
 
 (``--standalone`` measures with Pillow + numpy only, no ``lic`` import.)
 Current Pillow wheels link libjpeg-turbo, which (a) down-samples chroma by box
@@ -37,7 +37,6 @@ import PIL
 from PIL import Image, features
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 QUALITIES = list(range(5, 100, 5))
 
 
@@ -54,6 +53,7 @@ def _measure_standalone(images, with_ms_ssim):
             Image.fromarray(a).save(buf, format="jpeg", quality=q)
             data = buf.getvalue()
             r = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float64)
+            # lic.eval.metrics.psnr's formula, written out: this path runs without lic (Python 3.8)
             mse = np.mean((a.astype(np.float64) - r) ** 2)
             p_i.append(10 * np.log10(255.0 ** 2 / mse))
             b_i.append(8.0 * len(data) / (a.shape[0] * a.shape[1]))
@@ -75,7 +75,7 @@ def _measure_lic(images, with_ms_ssim):
 
 def _shared() -> Path:
     try:
-        from lic.eval.runner import shared_dir
+        from lic.eval.datasets import shared_dir
 
         return shared_dir()
     except Exception:  # noqa: BLE001 - standalone: <repo>/../shared

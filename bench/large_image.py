@@ -1,9 +1,9 @@
 """Large images: peak RSS and seconds to encode and decode a 6000x4000 photo (tiled), and the
 PSNR / rate cost of tiling on Kodak.
 
-    python bench/large_image.py [--size 6000x4000] [--mode 3] [--threads 1] [--tile-size T]
+    python -m bench.large_image [--size 6000x4000] [--mode 3] [--threads 1] [--tile-size T]
                                 [--checkpoint PATH | --random [--N 64]]
-    python bench/large_image.py --psnr-tile 256 [--psnr-images 24] [--mode 3] [--checkpoint PATH]
+    python -m bench.large_image --psnr-tile 256 [--psnr-images 24] [--mode 3] [--checkpoint PATH]
 
 The large image is synthesised from Kodak photos (portrait ones turned), laid
 side by side in a grid and cropped to the size asked. Encode and decode run in
@@ -35,11 +35,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-KODAK = REPO.parent / "shared" / "data" / "kodak"
+import numpy as np
 
-import numpy as np  # noqa: E402
+from lic.eval.metrics import psnr
+
+REPO = Path(__file__).resolve().parents[1]
+KODAK = REPO.parent / "shared" / "data" / "kodak"
 
 
 def rss_mb() -> float:
@@ -68,11 +69,6 @@ def synthesise(width: int, height: int) -> np.ndarray:
     rows, cols = -(-height // th), -(-width // tw)
     grid = [np.concatenate([tiles[(r * cols + c) % len(tiles)] for c in range(cols)], axis=1) for r in range(rows)]
     return np.ascontiguousarray(np.concatenate(grid, axis=0)[:height, :width])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def resolve_model(args, tmp: Path) -> tuple[str, str]:
@@ -136,8 +132,8 @@ def large(args, checkpoint: str, what: str, tmp: Path) -> int:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     results = {}
     for ph in ("encode", "decode"):
-        cmd = [sys.executable, __file__, "--phase", ph, "--phase-dir", str(tmp), "--checkpoint", checkpoint,
-               "--mode", str(args.mode), "--threads", str(args.threads)]
+        cmd = [sys.executable, "-m", "bench.large_image", "--phase", ph, "--phase-dir", str(tmp),
+               "--checkpoint", checkpoint, "--mode", str(args.mode), "--threads", str(args.threads)]
         if args.tile_size is not None:
             cmd += ["--tile-size", str(args.tile_size)]
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)

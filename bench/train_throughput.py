@@ -1,6 +1,6 @@
 """Training throughput: the Lightning loop (LitCodec + Trainer) against a plain PyTorch loop.
 
-    python bench/train_throughput.py [--N 32] [--batch 4] [--crop 128] [--steps 20] [--warmup 5]
+    python -m bench.train_throughput [--N 32] [--batch 4] [--crop 128] [--steps 20] [--warmup 5]
                                      [--threads T] [--repeats 2] [--device cpu|cuda] [--num-modes 1]
                                      [--data DIR] [--limit 16] [--M M] [--vs lightning|compile]
 
@@ -36,7 +36,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 LMBDA = 0.0067
 
@@ -216,7 +215,7 @@ def main(argv=None) -> int:
     order = []
     for r in range(args.repeats):   # ABBA...: drift in the machine's load hits both loops alike
         order += ["plain", other] if r % 2 == 0 else [other, "plain"]
-    runs = {"plain": run_plain, "lightning": run_lightning, "compile": lambda a, l: run_plain(a, l, compiled=True)}
+    runs = {"plain": run_plain, "lightning": run_lightning, "compile": lambda a, log: run_plain(a, log, compiled=True)}
     for name in order:
         secs = runs[name](args, loader)
         results[name].append(images / secs)

@@ -223,7 +223,8 @@ def main(argv=None) -> int:
     if "lic" in results and "compressai" in results:
         results["ratio"] = results["lic"]["images_per_s"] / results["compressai"]["images_per_s"]
         print(f"lic / compressai images/s: {results['ratio']:.3f} (target >= 0.95)")
-        print("| loop | steps | images/s | final train loss | Kodak bpp | Kodak PSNR (dB) |\n|---|---:|---:|---:|---:|---:|")
+        print("| loop | steps | images/s | final train loss | Kodak bpp | Kodak PSNR (dB) |\n"
+              "|---|---:|---:|---:|---:|---:|")
         for loop in ("lic", "compressai"):
             r = results[loop]
             print(f"| {loop} | {r['steps']} | {r['images_per_s']:.2f} | {r['final_loss']:.3f} | {r['bpp']:.3f} | "

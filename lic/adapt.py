@@ -59,7 +59,6 @@ from torch import Tensor
 from lic.entropy.quantize import QuantMode, quantize
 
 
-
 class Adaptable(Protocol):
     """What the update needs of a model (``lic.models.base.SubpelSynthesis`` provides it)."""
 

@@ -260,26 +260,13 @@ def _write_output(path: str, write: Callable[[BinaryIO], None]) -> None:
         except OSError as e:
             raise _Exit(EXIT_FAILURE, f"cannot write to stdout: {e.strerror or _one_line(e)}") from None
         return
-    directory = os.path.dirname(os.path.abspath(path))
+    from lic.atomic import atomic_write
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+            write(f)
     except OSError as e:
         raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise _Exit(EXIT_FAILURE, f"cannot write {path!r}: {e.strerror or _one_line(e)}") from None
-        raise
 
 
 def _display(path: str, stdio: str) -> str:
@@ -367,7 +354,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
     prog = "lic-encode"
 
     def body() -> int:
-        from lic.container import MODEL_IDS, MODELS   # (standard library only)
+        from lic.container import MODEL_IDS, MODELS  # (standard library only)
 
         archs = sorted({m.arch for m in MODELS.values()})
 

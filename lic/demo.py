@@ -9,7 +9,6 @@ that folder is absent). Writes OUTDIR/NAME.lic and OUTDIR/NAME.decoded.png (defa
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ def main(argv=None) -> int:
 
     from lic import codec, io
     from lic.eval.lic_codec import widths_label
+    from lic.eval.metrics import psnr
     from lic.weights import load_model
 
     if args.image:
@@ -56,13 +56,12 @@ def main(argv=None) -> int:
     (outdir / f"{name}.lic").write_bytes(data)
     io.write_image(outdir / f"{name}.decoded.png", out)
     h, w = pixels.shape[:2]
-    mse = np.mean((out.astype(np.float64) - pixels.astype(np.float64)) ** 2)
-    psnr = 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
+    db = psnr(pixels, out)
     print(f"model   {loaded.name} ({widths_label(loaded.net.config)}), mode {loaded.mode_value:g}")
     print(f"image   {name}: {w}x{h}")
     print(f"file    {outdir / (name + '.lic')}: {len(data)} bytes")
     print(f"bpp     {8 * len(data) / (h * w):.4f}  (real file bytes, header included)")
-    print(f"PSNR    {psnr:.2f} dB (RGB)")
+    print(f"PSNR    {db:.2f} dB (RGB)")
     print(f"time    encode {t1 - t0:.2f} s, decode {t2 - t1:.2f} s")
     return 0
 

@@ -45,10 +45,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from lic.atomic import atomic_write
 
 # the paper's lambda for each quality (configs/quality/N.yaml), to name a single-rate model's mode
 QUALITY_LAMBDAS = {1: 0.0016, 2: 0.0032, 3: 0.0075, 4: 0.015, 5: 0.03, 6: 0.045}
@@ -131,7 +131,8 @@ def _load(path: str | Path):
     except FileNotFoundError:
         raise ExportError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure is one clear error
-        raise ExportError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise ExportError(f"{path}: cannot read the checkpoint "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
 def _refuse_non_finite(state: dict, path: str | Path) -> None:
@@ -203,15 +204,9 @@ def _write(net, out: Path, half: bool, facts: dict, mode: int) -> dict:
     if net.config.num_modes <= 1 and not 1 <= mode <= 255:
         raise ExportError(f"mode {mode} is outside 1..255")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    # write beside OUT and rename: a failed export never leaves a truncated file under OUT's name
+    with atomic_write(out) as tmp:
         entry = export(net, tmp, half=half, extra_meta={"lic_trained": facts})
-        _usual_mode(tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     entry["file"] = out.name
     if net.config.num_modes <= 1:
         entry["modes"] = [mode]
@@ -233,8 +228,9 @@ def load_compressai_state(path: str | Path, arch: str, lmbda: float | None = Non
     except KeyError as e:
         raise ExportError(str(e.args[0])) from None
     if not issubclass(cls, CompressAIModel):
+        ours = sorted(a for a, c in models.ARCHITECTURES.items() if issubclass(c, CompressAIModel))
         raise ExportError(f"--from-compressai: {arch} is not one of CompressAI's architectures "
-                          f"({', '.join(sorted(a for a, c in models.ARCHITECTURES.items() if issubclass(c, CompressAIModel)))})")
+                          f"({', '.join(ours)})")
     obj = _load(path)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -287,23 +283,9 @@ def register(entry: dict, registry: str | Path, default: bool = False) -> list[d
     else:
         models[old] = entry
     text = json.dumps(doc, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".registry.", suffix=".tmp", dir=registry.parent)
-    _usual_mode(tmp)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, registry)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(registry) as tmp:
+        tmp.write_text(text)
     return models
-
-
-def _usual_mode(path: str) -> None:
-    """mkstemp makes 0600 files: give the result the permissions of a normally created file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", metavar="CKPT", nargs="?", help="Lightning checkpoint (.ckpt) of a lic training run")
     p.add_argument("--from-compressai", metavar="FILE", default=None,
-                   help="export a CompressAI state dict (its zoo's .pth.tar, or examples/train.py's checkpoint) instead")
+                   help="export a CompressAI state dict (its zoo's .pth.tar, or examples/train.py's checkpoint) "
+                        "instead")
     p.add_argument("--arch", metavar="NAME", default=None, help="with --from-compressai: its architecture")
     p.add_argument("--lmbda", type=float, default=None,
                    help="with --from-compressai: the lambda it was trained at (recorded in its config)")

@@ -196,7 +196,8 @@ def _registry_entry(model: str | None, mode: float | None, model_id: int | None 
     if not cands:
         if fp is not None:
             _raise_field_mismatch(entries, model_id, fp)
-            raise WeightsError("no shipped weights match this file's fingerprint (made with other weights? give them with --checkpoint)")
+            raise WeightsError("no shipped weights match this file's fingerprint "
+                               "(made with other weights? give them with --checkpoint)")
         if mode is None:   # (formatting None with :g was a TypeError)
             raise UnknownModeError(f"no shipped model {model}")
         raise UnknownModeError(f"no shipped model {model or ''} has mode {mode:g}".replace("  ", " "))

@@ -3,7 +3,7 @@
     python -m lic.zoo record                 # store bpp / PSNR of a fixed real crop for every shipped mode
     python -m lic.zoo check                  # re-measure them (what tests/test_zoo.py does)
     python -m lic.zoo progress CKPT [CKPT ...] [--limit N]
-        # evaluate checkpoints on Kodak (real bitstreams), append rows to docs/zoo_progress.md:
+        # evaluate checkpoints on Kodak (real bitstreams), append rows to logs/zoo_progress.md:
         # steps, images / pixels seen, compute hours, mean bpp / PSNR per mode, BD-rate vs JPEG
 
 The reference crop is 128x128 pixels of Kodak's kodim05 at (128, 128), from ../shared/data/kodak.
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lic import codec
+from lic.eval.metrics import psnr
 from lic.weights import read_registry, weights_dir
 
 CHECK_IMAGE = ("kodak", "kodim05.png", 128, 128, 128)   # dataset, file, top, left, size
@@ -28,7 +29,7 @@ PSNR_ATOL = 0.05
 
 def check_pixels() -> np.ndarray:
     from lic import io
-    from lic.eval.runner import shared_dir
+    from lic.eval.datasets import shared_dir
 
     ds, name, top, left, size = CHECK_IMAGE
     px = io.read_image(shared_dir() / "data" / ds / name).pixels
@@ -39,9 +40,8 @@ def measure(net, pixels: np.ndarray, mode: float, fp: int | None = None) -> tupl
     """(bpp of the whole file, PSNR dB) of one real encode + decode."""
     data = codec.encode_with_net(net, pixels, mode, fp)
     out = codec.decode_with_net(net, data, fp=fp)
-    mse = float(np.mean((out.astype(np.float64) - pixels.astype(np.float64)) ** 2))
     h, w = pixels.shape[:2]
-    return 8 * len(data) / (h * w), 10 * math.log10(255**2 / max(mse, 1e-12))
+    return 8 * len(data) / (h * w), psnr(pixels, out)
 
 
 def measure_shipped() -> list[dict]:
@@ -103,20 +103,23 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
     import torch
 
     from lic.eval.bdrate import bd_rate
+    from lic.eval.datasets import resolve_dataset
     from lic.eval.lic_codec import LicCodec
     from lic.eval.plot import load_reference_curves
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.runner import evaluate
 
     files = resolve_dataset("kodak")[:limit] if limit else resolve_dataset("kodak")
     jpeg = load_reference_curves(["jpeg"])[0]
+    out_md.parent.mkdir(parents=True, exist_ok=True)
     new = not out_md.exists()
     with out_md.open("a") as f:
         if new:
             f.write("# Zoo progress: Kodak results of exported checkpoints (real bitstreams)\n\n"
                     "Made by `python -m lic.zoo progress CKPT...`; BD-rate (PCHIP) vs the published Pillow JPEG "
-                    "curve (`../shared/reference/kodak/jpeg.json`) over the PSNR range both curves cover (in brackets); "
-                    "bpp / PSNR per mode are means over the images.\n\n"
-                    "| checkpoint | steps | images seen | pixels seen | compute | images | bpp per mode | PSNR per mode | BD-rate vs JPEG |\n"
+                    "curve (`../shared/reference/kodak/jpeg.json`) over the PSNR range both curves cover "
+                    "(in brackets); bpp / PSNR per mode are means over the images.\n\n"
+                    "| checkpoint | steps | images seen | pixels seen | compute | images | bpp per mode "
+                    "| PSNR per mode | BD-rate vs JPEG |\n"
                     "|---|---:|---:|---:|---|---:|---|---|---:|\n")
         for ck in ckpts:
             raw = torch.load(ck, map_location="cpu", weights_only=True) if ck.endswith(".ckpt") else {}
@@ -127,8 +130,8 @@ def progress(ckpts: list[str], limit: int | None, out_md: Path) -> None:
             c = res.curves[0]
             bd = bd_rate(jpeg, c)
             lo, hi = max(min(c.psnr), min(jpeg.psnr)), min(max(c.psnr), max(jpeg.psnr))
-            f.write(f"| `{ck}` | {_sum(legs, 'steps')} | {_sum(legs, 'images_seen')} | {_sum(legs, 'pixels_seen', '.3g')} | "
-                    f"{_compute(legs)} | {len(files)} | "
+            f.write(f"| `{ck}` | {_sum(legs, 'steps')} | {_sum(legs, 'images_seen')} "
+                    f"| {_sum(legs, 'pixels_seen', '.3g')} | {_compute(legs)} | {len(files)} | "
                     f"{' / '.join(f'{b:.3f}' for b in c.bpp)} | {' / '.join(f'{p:.2f}' for p in c.psnr)} | "
                     f"{bd:+.1f} % ({lo:.1f}-{hi:.1f} dB) |\n")
             f.flush()
@@ -144,13 +147,15 @@ def main(argv=None) -> int:
     p = sub.add_parser("progress")
     p.add_argument("ckpts", nargs="+")
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "zoo_progress.md"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "logs" / "zoo_progress.md"),
+                   help="the markdown table to append to (docs/history.md keeps the shipped models' rows)")
     args = ap.parse_args(argv)
     if args.cmd == "record":
         record()
     elif args.cmd == "check":
         bad = 0
-        recorded = {(e["file"], str(m)): v for e in read_registry() for m, v in e.get("check", {}).get("modes", {}).items()}
+        recorded = {(e["file"], str(m)): v for e in read_registry()
+                    for m, v in e.get("check", {}).get("modes", {}).items()}
         for r in measure_shipped():
             ref = recorded.get((r["file"], str(r["mode"])))
             ok = ref is not None and math.isclose(r["bpp"], ref["bpp"], rel_tol=BPP_RTOL) \

@@ -11,14 +11,13 @@ Kodak is never among the sources.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lic.training.datamodule import list_images  # noqa: E402
+from lic.eval.metrics import psnr
+from lic.training.datamodule import list_images
 
 
 def main(argv=None) -> int:
@@ -42,10 +41,8 @@ def main(argv=None) -> int:
         dst = out / p.relative_to(src).with_suffix(".jpg")
         dst.parent.mkdir(parents=True, exist_ok=True)
         im.save(dst, "JPEG", quality=args.quality, subsampling=0)
-        a = np.asarray(im, dtype=np.float64)
         with Image.open(dst) as back:
-            b = np.asarray(back.convert("RGB"), dtype=np.float64)
-        psnrs.append(10 * np.log10(255**2 / max(((a - b) ** 2).mean(), 1e-10)))
+            psnrs.append(psnr(np.asarray(im), np.asarray(back.convert("RGB"))))
         kept += 1
         total += dst.stat().st_size
     print(f"{kept} images -> {out} ({total / 2**20:.1f} MiB, JPEG q{args.quality} 4:4:4, "

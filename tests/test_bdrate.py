@@ -2,13 +2,14 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lic.eval.bdrate import NoOverlapError, bd_psnr, bd_rate, bd_table
+from lic.eval.datasets import reference_dir
 from lic.eval.metrics import RDCurve
-from lic.eval.runner import reference_dir
 
 ANCHOR = [(0.2, 26.0), (0.35, 28.5), (0.6, 31.0), (1.0, 33.6), (1.7, 36.4), (3.0, 40.0)]
 
@@ -109,3 +110,30 @@ def test_gain_at_rate_joins_the_anchor_in_log_bpp():
     assert gain_at_rate(0.4, 29.5, anchor_bpp, anchor_q) == pytest.approx(-0.5)
     assert math.isnan(gain_at_rate(0.05, 25.0, anchor_bpp, anchor_q))
     assert math.isnan(gain_at_rate(0.5, 31.0, anchor_bpp, anchor_q))
+
+
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+
+
+@needs_ref
+def test_committed_bd_table_is_remade_from_the_committed_curves():
+    """docs/figures/kodak_bd_rate.md against JPEG (published): its rows for the lic curves whose
+    JSON is committed beside it come out the same (to the table's 0.1 % / 0.01 dB) from
+    lic.eval.bdrate, whose integrals are the bjontegaard package's."""
+    from lic.eval.bdrate import _fmt, bd_entry
+
+    rows = {}
+    for line in (FIGURES / "kodak_bd_rate.md").read_text().split("\n\n### ")[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("lic "):
+            rows[cells[0]] = cells[1:4]
+    jpeg = _load("jpeg")
+    checked = 0
+    for path in sorted(FIGURES.glob("kodak_lic_*.json")):
+        curve = RDCurve.from_compressai_dict(json.loads(path.read_text()))
+        if curve.name in rows:
+            e = bd_entry(jpeg, curve)
+            assert [_fmt(e.bd_rate_pchip), _fmt(e.bd_rate_cubic), _fmt(e.bd_psnr_pchip, "+.2f", " dB")] \
+                == rows[curve.name], path.name
+            checked += 1
+    assert checked >= 2

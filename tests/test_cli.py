@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from lic import container
-from lic.container import MODEL_IDS
 from lic.cli import decode_main, encode_main
+from lic.container import MODEL_IDS
 
 REPO = Path(__file__).resolve().parents[1]
 RGB = np.random.default_rng(0).integers(0, 256, size=(40, 70, 3), dtype=np.uint8)
@@ -411,9 +411,9 @@ def test_info_names_the_shipped_weights(tmp_path):
     from lic.registry import read_registry
 
     default = next(e for e in read_registry() if e.get("default"))
+    from lic import codec
     from lic.cli import describe
     from lic.weights import load_model
-    from lic import codec
 
     loaded = load_model()
     data = codec.encode_image(loaded, RGB)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, random_image, tiny_net, decode_under_threads
+from conftest import REPO, decode_under_threads, random_image, tiny_net
 from lic import codec, container, io
 
 
@@ -20,7 +20,7 @@ def rounded_reconstruction(net, pixels, q=None) -> np.ndarray:
 
 
 @pytest.mark.parametrize("context", ["checkerboard", "serial"])
-@pytest.mark.parametrize("size", [(1, 1), (65, 37), (513, 769)])
+@pytest.mark.parametrize("size", [(1, 1), (65, 37), pytest.param((513, 769), marks=pytest.mark.slow)])
 def test_round_trip_bit_exact(context, size):
     net = tiny_net(context)
     pixels = random_image(*size)
@@ -91,6 +91,7 @@ def test_decode_identical_across_threads():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.slow
 def test_decode_identical_in_fresh_process(tmp_path):
     from lic.weights import export
 

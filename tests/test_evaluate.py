@@ -18,10 +18,11 @@ from conftest import KODAK, REPO, random_image, tiny_net
 from lic import codec, container
 from lic.eval.baselines import JPEG
 from lic.eval.bitmap import BitMap, bit_map, hyper_bits
+from lic.eval.datasets import read_pixels
 from lic.eval.lic_codec import LicCodec
 from lic.eval.metrics import RDCurve, psnr
 from lic.eval.plot import side_by_side, side_by_side_rows
-from lic.eval.runner import read_csv, read_pixels
+from lic.eval.runner import read_csv
 from lic.weights import export, fingerprint, load_checkpoint
 
 
@@ -85,6 +86,7 @@ def _lic_json(out: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_per_image_csv_has_every_codec_setting_and_image(eval_run):
     out = eval_run["out"]
     records = read_csv(out / "per_image.csv")
@@ -108,6 +110,7 @@ def test_per_image_csv_has_every_codec_setting_and_image(eval_run):
                                        "ms_ssim", "encode_seconds", "decode_seconds"]
 
 
+@pytest.mark.slow
 def test_lic_json_follows_compressai_schema_and_counts_whole_files(eval_run):
     out = eval_run["out"]
     data = json.loads(_lic_json(out).read_text())
@@ -149,6 +152,7 @@ def test_lic_json_follows_compressai_schema_and_counts_whole_files(eval_run):
     assert jpeg["name"] == "JPEG" and len(jpeg["results"]["bpp"]) == len(JPEG().settings)
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_classical_results(eval_run):
     """evaluate.py again on the same images: JPEG's 19 x 2 results come from the record cache,
     the learned codec is coded again, and the per-image rows are the first run's."""
@@ -164,9 +168,11 @@ def test_a_second_run_reuses_the_classical_results(eval_run):
     first, second = rows(eval_run["out"]), rows(tmp / "run2")
     assert [r for r in second if r["codec"] == "JPEG"] == [r for r in first if r["codec"] == "JPEG"]
     lic_times = [(r["encode_seconds"], r["decode_seconds"]) for r in first if r["codec"] != "JPEG"]
-    assert lic_times and lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
+    assert lic_times
+    assert lic_times != [(r["encode_seconds"], r["decode_seconds"]) for r in second if r["codec"] != "JPEG"]
 
 
+@pytest.mark.slow
 def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     """model.refine, workers and curves: a refining encoder coded in two processes, labelled as
     refined, with the first run's lic curve drawn and tabulated beside it."""
@@ -186,6 +192,7 @@ def test_refined_run_in_worker_processes_beside_an_earlier_curve(eval_run):
     assert len(rows) == 2 * 3 + 2 * 19            # every (codec, setting, image) once, from the workers
 
 
+@pytest.mark.slow
 def test_plots_bd_table_config_and_wandb(eval_run):
     out = eval_run["out"]
     for stem in ("rd_psnr", "rd_msssim"):
@@ -256,7 +263,7 @@ def test_side_by_side_with_tiny_codec(tmp_path):
     jpeg = JPEG(settings=[5, 20, 50, 80, 95])
     rows = side_by_side_rows(images, lic, 1.0, jpeg=jpeg)
     assert [r.title for r in rows] == ["Alpha", "Beta"]
-    for row, (title, px) in zip(rows, images.items()):
+    for row, px in zip(rows, images.values()):
         h, w = px.shape[:2]
         assert row.codec_name == "tiny lic"
         assert row.codec_bpp == 8.0 * len(lic.encode(px, 1.0)) / (h * w)
@@ -323,3 +330,55 @@ def test_bit_map_tiled_and_hyper_bits():
         zb = hyper_bits(net, net.h_a(net.g_a(x)))
     assert zb.shape == (net.config.N, 1, 1)
     assert 0 <= 8 * len(streams[0]) - zb.sum() <= 96
+
+
+# ---------------------------------------------------------------------------- options that scale
+
+
+def compose_eval(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return compose("eval", overrides=overrides)
+
+
+def test_spread_keeps_the_ends_and_the_order():
+    from lic.eval.run import spread
+
+    s = list(range(5, 100, 5))                                   # JPEG's 19 qualities
+    assert spread(s, 5) == [5, 25, 50, 75, 95]
+    assert spread(s, None) == s and spread(s, 30) == s
+    assert spread([10, 20, 30], 1) == [20]
+
+
+def test_a_part_of_a_dataset_is_a_quick_look_unless_asked():
+    from lic.eval.run import _baseline_settings, _side_by_side_wanted
+
+    whole, part = compose_eval([]), compose_eval(["limit=2"])
+    assert _baseline_settings(whole) is None and _side_by_side_wanted(whole)
+    assert _baseline_settings(part) == 5 and not _side_by_side_wanted(part)
+    asked = compose_eval(["limit=2", "baseline_settings=null", "side_by_side.enabled=true"])
+    assert _baseline_settings(asked) is None and _side_by_side_wanted(asked)
+    quick = compose_eval(["preset=quick"])
+    assert (quick.limit, _baseline_settings(quick), quick.ms_ssim, quick.wandb.enabled) == (2, 5, False, False)
+    assert compose_eval(["preset=quick", "limit=3"]).limit == 3      # the command line wins
+
+
+def test_classical_codecs_alone_at_spread_settings_log_the_bd_table(tmp_path, caplog):
+    """model.enabled=false: no learned codec (and no side-by-side figure); baseline_settings=3
+    codes JPEG at 3 of its qualities; the BD table goes to the log (evaluate.log under Hydra)."""
+    from lic.eval.run import run
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, px in small_images().items():
+        Image.fromarray(px).save(folder / f"{name}.png")
+    cfg = compose_eval(["model.enabled=false", "baselines=[jpeg,jpeg-opt]", "baseline_settings=3",
+                        f"dataset.path='{folder}'", "dataset.name=tiny", "ms_ssim=false", "wandb.enabled=false",
+                        "cache_dir=null", "side_by_side.enabled=true", f"paths.output_dir='{tmp_path / 'run'}'"])
+    with caplog.at_level("INFO", logger="lic.eval.run"):
+        result = run(cfg)
+    assert [c.name for c in result.curves] == ["JPEG", "JPEG (optimize)"]
+    assert result.curves[0].settings == [5, 50, 95]
+    assert not (tmp_path / "run" / "side_by_side.png").exists()
+    assert "### BD vs JPEG" in caplog.text and "JPEG (optimize)" in caplog.text

@@ -93,6 +93,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_version_2_decodes_with_another_cpus_kernels(tmp_path, kodak_crop):
     """Encoded here (this CPU's best kernels), decoded in a fresh process restricted to SSE4.1 /
     scalar kernels: the version-2 file decodes to the same latents (pixels within one level,

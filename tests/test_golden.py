@@ -49,7 +49,7 @@ def test_the_encoder_still_writes_them(name, shipped):
         pytest.skip("../shared/data/kodak is absent")
     case = MANIFEST[name]
     lm = shipped[case["weights"]]
-    t, l, h, w = case["crop"]
-    crop = io.read_image(KODAK / "kodim05.png").pixels[t:t + h, l:l + w].copy()
+    top, left, h, w = case["crop"]
+    crop = io.read_image(KODAK / "kodim05.png").pixels[top:top + h, left:left + w].copy()
     again = codec.encode_with_net(lm.net, crop, case["mode"], lm.fingerprint, **case["encoder"])
     assert again == (GOLDEN / f"{name}.lic").read_bytes()

@@ -1,13 +1,15 @@
-"""bench/merge_runs.py: one evaluation from a whole run and a run of some of its modes."""
+"""lic.eval.merge_runs (one evaluation from a whole run and a run of some of its modes) and
+lic.eval.rd_per_mode (per-mode differences from a run's files)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from lic.eval import merge_runs, rd_per_mode
+
 FIELDS = ["codec", "setting", "image", "width", "height", "bytes", "bpp", "psnr", "ms_ssim",
           "encode_seconds", "decode_seconds"]
 
@@ -23,10 +25,7 @@ def _run(folder: Path, rows: list[tuple[str, float, str, float, float]]) -> Path
 
 
 def _merge(argv: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location("merge_runs", REPO / "bench" / "merge_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
+    merge_runs.main(argv)
 
 
 def test_the_named_modes_come_from_the_second_run_and_the_rest_from_the_first(tmp_path):
@@ -50,3 +49,26 @@ def test_runs_of_other_images_are_refused(tmp_path):
     part = _run(tmp_path / "part", [("lic x", 1.0, "b", 0.1, 26.0)])
     with pytest.raises(SystemExit, match="same images"):
         _merge([str(whole), str(part), "--out", str(tmp_path / "merged")])
+
+
+def _curve(path: Path, name: str, bpp: list[float], db: list[float]) -> None:
+    # as a run with ms_ssim=false writes it: MS-SSIM null at every point
+    path.write_text(json.dumps({"name": name, "results": {"bpp": bpp, "psnr-rgb": db,
+                                                          "ms-ssim-rgb": [None] * len(bpp)}}))
+
+
+def test_rd_per_mode_prints_the_gain_at_each_modes_rate(tmp_path, capsys):
+    run, earlier = tmp_path / "run", tmp_path / "earlier"
+    run.mkdir()
+    earlier.mkdir()
+    _curve(run / "lic-x.json", "lic x", [0.1, 0.2, 0.4], [26.0, 28.0, 30.0])
+    _curve(run / "jpeg.json", "JPEG", [0.2, 0.8], [25.0, 31.0])
+    _curve(earlier / "lic-w.json", "lic w", [0.1, 0.2, 0.4], [25.5, 27.5, 29.5])
+    assert rd_per_mode.main([str(run), "--against", str(earlier)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2:4] == ["| bpp | 0.100 | 0.200 | 0.400 |", "| PSNR RGB (dB) | 26.00 | 28.00 | 30.00 |"]
+    # JPEG at 0.4 bpp, joined linearly in log-bpp between (0.2, 25) and (0.8, 31): 28 dB
+    assert out[4] == "| PSNR (dB) vs jpeg | (below) | +3.00 | +2.00 |"
+    assert out[5].startswith("| PSNR (dB) vs lic-w (") and out[5].endswith("| +0.50 | +0.50 | +0.50 |")
+    assert any(line.startswith("BD-rate (PSNR) vs ") for line in out)
+    assert not any("MS-SSIM" in line for line in out)                  # not measured: no rows

@@ -225,7 +225,7 @@ def test_export_from_compressai_refuses_what_it_cannot_read(tmp_path, capsys):
     assert main(["--from-compressai", str(src), "--arch", "mbt2018-mean", "-o", str(out)]) == 0   # examples/train.py's
     capsys.readouterr()
     assert main(["--from-compressai", str(src), "--arch", "bmshj2018-hyperprior", "-o", str(out)]) == 1   # wrong arch
-    assert main(["--from-compressai", str(src), "--arch", "cheng2020-gmm", "-o", str(out)]) == 1       # not CompressAI's
+    assert main(["--from-compressai", str(src), "--arch", "cheng2020-gmm", "-o", str(out)]) == 1   # not CompressAI's
     assert main(["--from-compressai", str(tmp_path / "missing.pth"), "--arch", "mbt2018", "-o", str(out)]) == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 3 and all(line.startswith("lic.export: error: ") for line in err), err

@@ -77,6 +77,7 @@ def test_notebook_is_clean_and_imports_lic_only(name):
                 assert m.split(".")[0] in ALLOWED_IMPORTS, f"{name} imports {m}"
 
 
+@pytest.mark.slow
 def test_rd_curves_notebook(tmp_path, monkeypatch):
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     images = []
@@ -100,6 +101,7 @@ def test_rd_curves_notebook(tmp_path, monkeypatch):
     assert (out / "bd_rate.md").read_text().strip() in printed
 
 
+@pytest.mark.slow
 def test_where_the_bits_go_notebook(tmp_path, monkeypatch):
     ckpt = tiny_checkpoint(tmp_path / "tiny.safetensors")
     nb = execute("where_the_bits_go.ipynb", {"LIC_CHECKPOINT": str(ckpt), "OMP_NUM_THREADS": "1"}, monkeypatch)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from lic.eval.baselines import JPEG
+from lic.eval.datasets import reference_dir
 from lic.eval.metrics import RDCurve
 from lic.eval.plot import (
     DEFAULT_REFERENCES,
@@ -19,7 +20,6 @@ from lic.eval.plot import (
     side_by_side_rows,
     side_by_side_standard,
 )
-from lic.eval.runner import reference_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -75,6 +75,7 @@ def test_refinement_never_returns_a_costlier_latent():
 
 @pytest.mark.skipif(not (KODAK / "kodim05.png").exists(), reason="needs ../shared (Kodak)")
 @pytest.mark.parametrize("mode", [2, 6])
+@pytest.mark.slow
 def test_refinement_makes_real_files_cheaper_with_the_shipped_model(mode):
     """Real bytes, real PSNR: lmbda * 255^2 * MSE + bpp must drop, at a low and a high mode."""
     from PIL import Image
@@ -107,7 +108,8 @@ def test_lic_codec_refines_labels_and_travels_to_worker_processes():
     refined = LicCodec.shipped(modes=[4], refine=RefineConfig(steps=3))
     assert plain.refine is None and "refined" not in plain.name
     assert refined.name == plain.name + ", refined (3 steps)"
-    assert LicCodec.shipped(modes=[4], refine=RefineConfig(steps=3, proxy="sga")).name == plain.name + ", refined (3 steps, sga)"
+    sga = LicCodec.shipped(modes=[4], refine=RefineConfig(steps=3, proxy="sga"))
+    assert sga.name == plain.name + ", refined (3 steps, sga)"
     again = pickle.loads(pickle.dumps(refined))          # rebuilt from its recipe, weights loaded anew
     assert (again.name, again.settings, again.refine) == (refined.name, refined.settings, refined.refine)
     assert again.models[4.0].fingerprint == refined.models[4.0].fingerprint
@@ -136,7 +138,7 @@ def test_other_proxies_are_reproducible_and_never_worse(proxy):
 
 def test_auto_proxy_switches_to_mixed_from_its_lambda_and_searches_as_that_proxy():
     cfg = RefineConfig(steps=4, check_every=1, proxy="auto", mixed_from=0.05)
-    assert [cfg.proxy_for(l) for l in (0.001, 0.0499, 0.05, 0.25)] == ["sga", "sga", "mixed", "mixed"]
+    assert [cfg.proxy_for(lmbda) for lmbda in (0.001, 0.0499, 0.05, 0.25)] == ["sga", "sga", "mixed", "mixed"]
     assert RefineConfig(proxy="ste").proxy_for(0.25) == "ste"     # a named proxy is used at every lambda
     net = tiny_net(num_modes=3, lmbdas=(0.001, 0.01, 0.1), seed=4)
     x = codec.pad(torch.from_numpy(random_image(64, 64, seed=2)).permute(2, 0, 1)[None].float() / 255, net.downsampling)

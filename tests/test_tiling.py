@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_image, tiny_net, decode_under_threads
+from conftest import decode_under_threads, random_image, tiny_net
 from lic import codec, container, io
 from lic.eval.memory import peak_rss_mb, reset_peak_rss
 
@@ -164,6 +164,7 @@ def test_corrupt_last_tile_fails_before_any_network_runs(monkeypatch):
     assert calls == []
 
 
+@pytest.mark.slow
 def test_tiled_decode_identical_in_fresh_process(tmp_path):
     """Encode with 2 threads here, decode with 1 thread in a fresh process: the same pixels."""
     import subprocess

@@ -77,9 +77,11 @@ def test_encoder_fine_tuning_with_ste_rate_trains_on_what_is_coded_and_keeps_the
     is the rounded one the coder sees (no noise), and train_only=[g_a, h_a, log_gain] changes the
     encoder alone: the decoder's parameters, hence the decoding of any given y_hat, are untouched."""
     torch.manual_seed(0)
-    module = LitCodec(Cheng2020GMM(**CFG, ste_rate=True), lmbda=None, optimizer={"lr": 1e-2}, train_only=["g_a", "h_a", "log_gain"])
+    module = LitCodec(Cheng2020GMM(**CFG, ste_rate=True), lmbda=None, optimizer={"lr": 1e-2},
+                      train_only=["g_a", "h_a", "log_gain"])
     assert module.net.config.to_dict()["ste_rate"] is True
-    assert "ste_rate" not in LitCodec(Cheng2020GMM(**CFG), lmbda=None).net.config.to_dict()   # older configs read the same
+    # older configs read the same
+    assert "ste_rate" not in LitCodec(Cheng2020GMM(**CFG), lmbda=None).net.config.to_dict()
     net, x = module.net, torch.rand(2, 3, 64, 64)
     net.eval()
     with torch.no_grad():

@@ -126,6 +126,7 @@ def test_fast_dev_run_trains_and_validates(tmp_path, data_dirs):
     assert (tmp_path / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_overfit_one_batch_lowers_rd_loss(tmp_path, data_dirs):
     train_inprocess(tmp_path, data_dirs, ["debug=overfit", "trainer.max_steps=30", "optimizer.lr=1e-3"])
     losses = [v for _, v in csv_metrics(tmp_path, "train/loss")]
@@ -135,6 +136,7 @@ def test_overfit_one_batch_lowers_rd_loss(tmp_path, data_dirs):
     assert final < 0.7 * initial, f"RD loss {initial:.2f} -> {final:.2f}"
 
 
+@pytest.mark.slow
 def test_resume_continues_step_optimizer_and_stats(tmp_path, data_dirs):
     every2 = ["callbacks.model_checkpoint.every_n_train_steps=2", "trainer.val_check_interval=2"]
     run1, run2 = tmp_path / "run1", tmp_path / "run2"
@@ -158,6 +160,7 @@ def test_resume_continues_step_optimizer_and_stats(tmp_path, data_dirs):
     assert s2["train_seconds"] > s1["train_seconds"]    # accumulated across the resume
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_without_stats(tmp_path, data_dirs):
     """A checkpoint from before lic_train_stats: counts estimated, counted_from_step says so."""
     import torch
@@ -200,6 +203,7 @@ def vr_run(tmp_path_factory, data_dirs):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_export_default_mode_is_the_encoders_default(tmp_path, vr_run):
     """--default-mode goes into the registry; encoding without a mode uses it; a mode the model
     lacks is refused before anything is written."""
@@ -222,6 +226,7 @@ def test_export_default_mode_is_the_encoders_default(tmp_path, vr_run):
     assert default_mode_of({"modes": [1, 2]}) == 2.0 and default_mode_of({"modes": [5]}) == 5.0
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_run_folder(tmp_path, data_dirs):
     import wandb
 
@@ -234,6 +239,7 @@ def test_wandb_offline_writes_run_folder(tmp_path, data_dirs):
     assert list(runs[0].glob("*.wandb")), "no run log in the offline run folder"
 
 
+@pytest.mark.slow
 def test_multirun_sweep_two_modes(tmp_path, data_dirs):
     """Hydra multirun over two qualities: one run and one checkpoint per mode."""
     sweep = tmp_path / "sweep"
@@ -259,6 +265,7 @@ def test_quality_configs_need_no_quoting():
     assert cfg["lambda"] == 16.64
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, data_dirs):
     """Lightning DDP over gloo with 2 CPU processes runs two steps (Lightning relaunches train.py)."""
     out = tmp_path / "ddp"
@@ -366,6 +373,7 @@ def test_export_refuses_bad_checkpoints(tmp_path, capsys):
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_export_round_trips_with_encode_decode_and_registry(tmp_path, vr_run, data_dirs):
     """Trained checkpoint -> python -m lic.export --register -> encode.py / decode.py -> same pixels,
     and lic.weights.load_model(mode=..) finds the registered model."""

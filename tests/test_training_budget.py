@@ -147,8 +147,10 @@ def test_budget_milestone_follows_rank_zero(monkeypatch):
     assert module._budget_drops == [] and _model_lr(trainer) == pytest.approx(LR)
 
 
+@pytest.mark.slow
 def test_budget_drops_saved_and_restored_on_resume(tmp_path):
-    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, filename="s{step}", auto_insert_metric_name=False, every_n_train_steps=6, save_top_k=-1)
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path, filename="s{step}", auto_insert_metric_name=False,
+                              every_n_train_steps=6, save_top_k=-1)
     module = _module(lr_budget_milestones=[0.5, 0.9])
     _fit(module, 8, [ckpt_cb], checkpointing=True)
     assert module._budget_drops == [4]                 # 0.9 x 8 is never reached
@@ -361,6 +363,7 @@ def _train(out: Path, data_dirs, overrides: list[str]) -> None:
     train(cfg)
 
 
+@pytest.mark.slow
 def test_train_init_from_and_final_checkpoint(tmp_path, data_dirs):
     from lic.export import trained_facts
     from lic.weights import load_checkpoint

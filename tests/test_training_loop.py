@@ -13,10 +13,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-# _env (autouse: offline wandb, one thread, no shipped weights touched) and data_dirs are fixtures
-from test_training import (TINY, _data, _env, _image, compose, csv_metrics, data_dirs,  # noqa: F401
-                           load_ckpt, run_train_py, train_inprocess)
 
+# _env (autouse: offline wandb, one thread, no shipped weights touched) and data_dirs are fixtures
+from test_training import (  # noqa: F401
+    TINY,
+    _data,
+    _env,
+    _image,
+    compose,
+    csv_metrics,
+    data_dirs,
+    load_ckpt,
+    run_train_py,
+    train_inprocess,
+)
 
 NO_LOGGER = [a for a in TINY if not a.startswith("logger=")]
 
@@ -159,11 +169,13 @@ def test_schedule_runs(tmp_path, data_dirs, scheduler):
     lrs = _lrs(tmp_path)
     assert {aux for _, _, aux in lrs} == {1e-3}   # the quantiles keep their rate
     main = [round(m / 1e-3, 6) for _, m, _ in lrs]
-    expected = {"multistep": [1, 1, 0.5, 0.5, 0.5], "cosine": [0.5, 1, 1, 0.5, 0], "plateau": [1, 0.5, 0.25, 0.125, 0.0625]}
+    expected = {"multistep": [1, 1, 0.5, 0.5, 0.5], "cosine": [0.5, 1, 1, 0.5, 0],
+                "plateau": [1, 0.5, 0.25, 0.125, 0.0625]}
     assert main == expected[scheduler], main
 
 
 def test_plateau_steps_once_per_validation():
+    from lic.models.cheng2020 import Cheng2020GMM
     from lic.training.module import LitCodec
 
     module = LitCodec(Cheng2020GMM(N=8), lmbda=0.01, scheduler={"name": "plateau", "patience": 0, "factor": 0.5})

@@ -13,7 +13,8 @@ from lic.weights import read_registry
 pytestmark = pytest.mark.skipif(not KODAK.exists(), reason="needs ../shared/data/kodak")
 
 ENTRIES = read_registry()
-MODES = [(e["file"], e["name"], m, e.get("check", {}).get("modes", {}).get(str(m))) for e in ENTRIES for m in e["modes"]]
+MODES = [(e["file"], e["name"], m, e.get("check", {}).get("modes", {}).get(str(m)))
+         for e in ENTRIES for m in e["modes"]]
 
 
 def test_zoo_is_shipped():
@@ -46,9 +47,10 @@ def test_a_model_name_means_its_default_entry():
     assert LicCodec.shipped(modes=[1.0]).models[1.0].source.endswith(default["file"])
 
 
+@pytest.mark.slow
 def test_modes_are_ordered_weaker_to_stronger():
-    from lic.zoo import check_pixels, measure
     from lic.weights import load_model
+    from lic.zoo import check_pixels, measure
 
     px = check_pixels()
     default = next(e for e in ENTRIES if e.get("default"))

@@ -33,11 +33,6 @@ def quantize(y: Tensor, mode: QuantMode | str) -> Tensor:
     return y + (torch.round(y) - y).detach()
 
 
-def to_symbols(y: Tensor) -> Tensor:
-    """Round ``y`` and return integer symbols (int32) for the entropy coder."""
-    return torch.round(y).to(torch.int32)
-
-
 def annealed_round(y: Tensor, tau: float, generator: torch.Generator | None = None) -> Tensor:
     """Stochastic Gumbel annealing (SGA; Yang, Bamler & Mandt, NeurIPS 2020): a differentiable,
     random stand-in for round(y), used only by the encoder's latent refinement (``lic.refine``).

@@ -1,9 +1,11 @@
 """Evaluation: metrics, classical baselines, BD-rate, RD plots and the harness.
 
 Submodules: :mod:`~lic.eval.metrics`, :mod:`~lic.eval.baselines`,
-:mod:`~lic.eval.bdrate`, :mod:`~lic.eval.plot` (matplotlib), :mod:`~lic.eval.runner`
-(``python -m lic.eval.runner --help``).  The names below are imported lazily, so
-``import lic.eval`` stays cheap and ``python -m lic.eval.runner`` runs cleanly.
+:mod:`~lic.eval.bdrate`, :mod:`~lic.eval.datasets`, :mod:`~lic.eval.plot` (matplotlib),
+:mod:`~lic.eval.runner` (the harness), :mod:`~lic.eval.run` (the body of ``evaluate.py``), and
+two reporting tools for run folders, ``python -m lic.eval.rd_per_mode`` and
+``python -m lic.eval.merge_runs``.  The names below are imported lazily, so ``import lic.eval``
+stays cheap.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ _EXPORTS = {
     "ImageRecord": "runner",
     "aggregate": "runner",
     "evaluate": "runner",
-    "resolve_dataset": "runner",
+    "resolve_dataset": "datasets",
     "run_codecs": "runner",
-    "shared_dir": "runner",
+    "shared_dir": "datasets",
 }
 
 __all__ = sorted(_EXPORTS)

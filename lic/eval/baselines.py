@@ -316,7 +316,8 @@ def available_baselines(
 ) -> list[Any]:
     """Instances of the usable baselines (default: all), in registry order.
 
-    Unavailable ones are skipped with a message (printed when ``verbose``, and logged).
+    Unavailable ones are skipped with a logged warning (when ``verbose``; without a logging
+    configuration Python prints it on stderr, under Hydra it goes to the console and the run's log).
     Unknown names raise ``KeyError``.
     """
     registry = baseline_registry()
@@ -327,10 +328,8 @@ def available_baselines(
             raise KeyError(f"unknown baseline {key!r}; known: {', '.join(registry)}")
         why = _why_unavailable(key)
         if why is not None:
-            msg = f"skipping baseline {key}: {why}"
-            log.warning(msg)
             if verbose:
-                print(msg)
+                log.warning("skipping baseline %s: %s", key, why)
             continue
         out.append(registry[key]())
     return out

@@ -82,9 +82,8 @@ class LicCodec:
             models = {float(m): load_model(mode=float(m), model=model) for m in (modes or all_modes)}
         first = models[min(models)]
         label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine) + adapt_label(adapt)
-        return cls(label, models, description=f"lic shipped weights: {first.source}", refine=_active(refine),
-                   adapt=adapt,
-                   recipe=("shipped", model, tuple(modes) if modes else None))
+        return cls(label, models, description=f"lic shipped weights: weights/{Path(first.source).name}",
+                   refine=_active(refine), adapt=adapt, recipe=("shipped", model, tuple(modes) if modes else None))
 
 
 def _rebuild(recipe: tuple, name: str, refine: RefineConfig | None, adapt: bool) -> LicCodec:

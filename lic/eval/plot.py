@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lic.eval.datasets import read_pixels, reference_dir, resolve_dataset
 from lic.eval.metrics import RDCurve, psnr
 
 __all__ = [
@@ -94,8 +95,6 @@ def load_reference_curves(
     directory is absent; a named file that is missing raises ``FileNotFoundError``.
     """
     if directory is None:
-        from lic.eval.runner import reference_dir
-
         directory = reference_dir()
     directory = Path(directory)
     if not directory.is_dir():
@@ -350,8 +349,6 @@ def side_by_side_standard(
     (Lena is fine for internal comparison; leave it out of published figures with
     ``names=("peppers", "baboon")``, see shared/data/README.md.)
     """
-    from lic.eval.runner import read_pixels, resolve_dataset
-
     files = {p.stem.lower(): p for p in resolve_dataset(dataset)}
     missing = [n for n in names if n not in files]
     if missing:

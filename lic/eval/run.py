@@ -10,9 +10,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lic.eval.baselines import available_baselines
+from lic.eval.datasets import resolve_dataset
 from lic.eval.lic_codec import LicCodec
 from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves, side_by_side_standard
-from lic.eval.runner import EvalResult, RecordCache, evaluate, resolve_dataset
+from lic.eval.runner import EvalResult, RecordCache, evaluate
 from lic.refine import RefineConfig
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
         group = next((s["run"].get("wandb_group") for s in config["scored"] if s["run"]), None)
     run = wandb.init(project=cfg.wandb.project, job_type="eval", dir=str(out), name=f"eval-{cfg.dataset.name}",
                      group=group, config=config, mode=os.environ["WANDB_MODE"])
-    rows = [[c.label, s, b, p] for c in result.curves for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
+    rows = [[c.label, s, b, p] for c in result.curves
+            for s, b, p in zip(c.settings or [None] * len(c.bpp), c.bpp, c.psnr)]
     run.log({"rd_points": wandb.Table(columns=["codec", "setting", "bpp", "psnr"], data=rows)})
     for key, path in result.files.items():
         if str(path).endswith(".png"):
@@ -82,6 +84,32 @@ def _log_wandb(cfg: DictConfig, out: Path, result: EvalResult) -> None:
     if result.bd is not None:
         run.log({"bd_rate_md": wandb.Html(f"<pre>{result.bd.to_markdown()}</pre>")})
     run.finish()
+
+
+def spread(settings: list, n: int | None) -> list:
+    """``n`` of ``settings`` spread evenly over the list, its first and last included (all when
+    ``n`` is None or not smaller)."""
+    if not n or n >= len(settings):
+        return list(settings)
+    if n == 1:
+        return [settings[len(settings) // 2]]
+    return [settings[round(i * (len(settings) - 1) / (n - 1))] for i in range(n)]
+
+
+def _baseline_settings(cfg: DictConfig) -> int | None:
+    """``baseline_settings``: N, null (all), or auto (all over a whole dataset, 5 with limit / crop)."""
+    n = cfg.get("baseline_settings")
+    if str(n).lower() == "auto":
+        return 5 if (cfg.limit or cfg.crop) else None
+    return int(n) if n else None
+
+
+def _side_by_side_wanted(cfg: DictConfig) -> bool:
+    """``side_by_side.enabled``: true, false, or auto (only for runs over a whole dataset)."""
+    want = cfg.side_by_side.enabled
+    if str(want).lower() == "auto":
+        return not cfg.limit and not cfg.crop
+    return bool(want)
 
 
 def run(cfg: DictConfig) -> EvalResult:
@@ -94,8 +122,11 @@ def run(cfg: DictConfig) -> EvalResult:
     files = resolve_dataset(cfg.dataset.path)
     if cfg.limit:
         files = files[: int(cfg.limit)]
-    lic_codec = build_codec(cfg)
-    codecs = [lic_codec] + available_baselines(list(cfg.baselines or []))
+    lic_codec = build_codec(cfg) if cfg.model.get("enabled", True) else None
+    baselines = available_baselines(list(cfg.baselines or []))
+    for b in baselines:
+        b.settings = spread(b.settings, _baseline_settings(cfg))
+    codecs = ([lic_codec] if lic_codec is not None else []) + baselines
     kodak = Path(cfg.paths.data_dir) / "kodak"
     full_kodak = (kodak.is_dir() and Path(cfg.dataset.path).resolve() == kodak.resolve()
                   and not cfg.limit and not cfg.crop)
@@ -106,9 +137,9 @@ def run(cfg: DictConfig) -> EvalResult:
                       title=f"{cfg.dataset.name} ({len(files)} images)", cache=cache,
                       workers=int(cfg.get("workers") or 1))
     if cache is not None:
-        print(cache.summary())
+        log.info(cache.summary())
         cache.close()
-    if cfg.side_by_side.enabled:
+    if lic_codec is not None and _side_by_side_wanted(cfg):
         try:
             mode = cfg.side_by_side.mode
             if mode is None:   # the shipped model's default mode (a checkpoint: lic.weights.DEFAULT_MODE)
@@ -120,10 +151,10 @@ def run(cfg: DictConfig) -> EvalResult:
                 result.files[f"side_by_side.{p.suffix[1:]}"] = p
         except FileNotFoundError as e:
             log.warning("side-by-side figure skipped: %s", e)
+    # logged, not printed: under Hydra the console and the run's evaluate.log both get them
     if result.bd is not None:
-        print(result.bd.to_markdown())
-    for key, path in result.files.items():
-        print(f"{key}: {path}")
+        log.info("BD-rate table (bd_rate.md):\n%s", result.bd.to_markdown())
+    log.info("files:\n%s", "\n".join(f"{key}: {path}" for key, path in result.files.items()))
     if cfg.wandb.enabled:
         _log_wandb(cfg, out, result)
     return result

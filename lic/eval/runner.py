@@ -24,25 +24,18 @@ over images (CompressAI convention: per-image PSNR, then the mean) into an
 * ``rd_psnr.{png,svg}``, ``rd_msssim.{png,svg}``: RD plots (published curves dashed),
 * ``bd_rate.md`` / ``bd_rate.json``: BD-rates of each curve vs JPEG and vs each other.
 
-Command line::
-
-    python -m lic.eval.runner --dataset kodak --codecs jpeg,webp,jpeg2000,avif \\
-        --out outputs/eval/baselines
-
-Datasets: ``kodak``, ``standard`` (``<repo>/../shared/data/<name>``), or any folder or
-image file path (:func:`resolve_dataset`).
+Its command line is ``evaluate.py`` (:mod:`lic.eval.run`); where the images come from is
+:mod:`lic.eval.datasets`.
 """
 
 from __future__ import annotations
 
-import argparse
+import collections
 import csv
 import hashlib
 import json
 import math
-import os
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -51,6 +44,7 @@ from typing import Any, Iterable, Protocol, Sequence, Union, runtime_checkable
 import numpy as np
 
 from lic.eval.bdrate import BDTable, bd_table
+from lic.eval.datasets import read_pixels
 from lic.eval.metrics import RDCurve, ms_ssim, psnr
 
 __all__ = [
@@ -60,16 +54,9 @@ __all__ = [
     "RecordCache",
     "aggregate",
     "evaluate",
-    "read_pixels",
-    "reference_dir",
-    "repo_root",
-    "resolve_dataset",
     "run_codecs",
-    "shared_dir",
     "write_outputs",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @runtime_checkable
@@ -82,78 +69,6 @@ class Codec(Protocol):
     def encode(self, pixels: np.ndarray, setting: Any) -> bytes: ...
 
     def decode(self, data: bytes) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def repo_root() -> Path:
-    """The repository root (the folder that holds ``lic/``)."""
-    return Path(__file__).resolve().parents[2]
-
-
-def shared_dir() -> Path:
-    """``<repo>/../shared`` (override with the ``LIC_SHARED_DIR`` environment variable).
-
-    Falls back to ``<cwd>/../shared``; returns the repo-relative path even when it does
-    not exist, so callers can test ``.is_dir()`` and skip.
-    """
-    env = os.environ.get("LIC_SHARED_DIR")
-    if env:
-        return Path(env)
-    candidates = [repo_root().parent / "shared", Path.cwd().resolve().parent / "shared"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return candidates[0]
-
-
-def reference_dir() -> Path:
-    """``<shared>/reference/kodak``: the published Kodak RD curves."""
-    return shared_dir() / "reference" / "kodak"
-
-
-def resolve_dataset(spec: str | Path) -> list[Path]:
-    """Image files of a dataset: ``kodak``, ``standard``, a folder, or one image file.
-
-    Named datasets live in ``<shared>/data/<name>``.  Folders are listed (not
-    recursively), images sorted by name.  Raises ``FileNotFoundError`` when nothing
-    is found.
-    """
-    s = str(spec)
-    if s in ("kodak", "standard"):
-        folder = shared_dir() / "data" / s
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"dataset {s!r} expected at {folder} (set LIC_SHARED_DIR or see "
-                "shared/data/README.md for where to download it)"
-            )
-    else:
-        folder = Path(s).expanduser()
-    if folder.is_file():
-        return [folder]
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such dataset, folder or image: {s}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
-    return files
-
-
-def read_pixels(path: str | Path) -> np.ndarray:
-    """An image file as uint8 (H, W, 3) RGB: ``lic.io.read_image`` if present, else Pillow."""
-    try:
-        from lic.io import read_image  # type: ignore[import-not-found]
-    except ModuleNotFoundError as e:
-        if e.name not in ("lic.io", "lic"):
-            raise
-        read_image = None
-    if read_image is not None:
-        return np.asarray(read_image(path).pixels)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 # --------------------------------------------------------------------------- records
@@ -331,6 +246,11 @@ def run_codecs(
     (spawned, each given the codecs and images once, with torch's threads shared out among
     them); the records are the same and in the same order, but encode / decode seconds are
     then measured side by side with other work.
+
+    Progress: one bar per codec (its images x settings still to code), so that each bar's rate
+    and time left come from jobs of one kind: the learned codec takes a second or a minute an
+    image where a classical one takes milliseconds, and one bar over both promised hours at the
+    start and minutes at the end.
     """
     from tqdm import tqdm
 
@@ -363,14 +283,28 @@ def run_codecs(
             cache.misses += 1
             cache.put(job[4], record)
 
-    with tqdm(total=len(records), initial=len(records) - len(jobs), disable=not progress, unit="img",
-              dynamic_ncols=True) as bar:
+    left = collections.Counter(job[1] for job in jobs)   # codec -> jobs not finished
+    bars: dict[int, Any] = {}
+
+    def started(ci: int, setting: Any) -> None:
+        if ci not in bars:
+            bars[ci] = tqdm(total=left[ci], desc=codecs[ci].name, disable=not progress, unit="img",
+                            dynamic_ncols=True)
+        bars[ci].set_postfix_str(f"setting {setting}", refresh=False)
+
+    def finished(ci: int) -> None:
+        bars[ci].update(1)
+        left[ci] -= 1
+        if not left[ci]:
+            bars.pop(ci).close()
+
+    try:
         if workers == 1 or len(jobs) <= 1:
             for job in jobs:
                 _, ci, setting, ii, _ = job
-                bar.set_description(f"{codecs[ci].name} @ {setting}")
+                started(ci, setting)
                 done(job, _code_one(codecs[ci], setting, *loaded[ii], with_ms_ssim))
-                bar.update(1)
+                finished(ci)
         else:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -383,9 +317,12 @@ def run_codecs(
                 futures = {pool.submit(_worker_code, job[1], job[2], job[3], with_ms_ssim): job for job in jobs}
                 for fut in as_completed(futures):
                     job = futures[fut]
-                    bar.set_description(f"{codecs[job[1]].name} @ {job[2]}")
+                    started(job[1], job[2])
                     done(job, fut.result())
-                    bar.update(1)
+                    finished(job[1])
+    finally:
+        for bar in bars.values():
+            bar.close()
     return [r for r in records if r is not None]
 
 
@@ -580,90 +517,3 @@ def evaluate(
             out_dir, records, curves, references, anchor=anchor, title=title
         )
     return result
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from lic.eval.baselines import available_baselines, baseline_registry
-    from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves
-
-    ap = argparse.ArgumentParser(prog="python -m lic.eval.runner", description=__doc__.split("\n")[0])
-    ap.add_argument("--dataset", default="kodak", help="kodak, standard, or a folder / image path")
-    ap.add_argument(
-        "--codecs",
-        default="jpeg,webp,jpeg2000,avif",
-        help=f"comma-separated baselines: {', '.join(baseline_registry())}, 'all' or 'none'",
-    )
-    ap.add_argument("--out", default="outputs/eval/baselines", help="output folder")
-    ap.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    ap.add_argument("--crop", type=int, default=None, help="centre-crop images to N x N")
-    ap.add_argument(
-        "--references",
-        default="auto",
-        help="published curves to add: auto (defaults for full Kodak), none, all, or stems",
-    )
-    ap.add_argument(
-        "--curves",
-        nargs="*",
-        default=[],
-        help="earlier measured curves (CompressAI-schema .json, e.g. from another run) to "
-        "draw and tabulate beside these (solid, not 'published')",
-    )
-    ap.add_argument("--anchor", default=None, help="BD-rate anchor label")
-    ap.add_argument("--no-ms-ssim", action="store_true", help="skip MS-SSIM (faster)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for MS-SSIM")
-    ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    ap.add_argument("--workers", type=int, default=1, help="code in N processes side by side")
-    ap.add_argument("--cache-dir", default=None,
-                    help="reuse the classical codecs' results from earlier runs (RecordCache in DIR/records.sqlite)")
-    args = ap.parse_args(argv)
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    names = None if args.codecs == "all" else [n for n in args.codecs.split(",") if n]
-    if args.codecs == "none":
-        names = []
-    codecs = available_baselines(names)
-    files = resolve_dataset(args.dataset)
-    if args.limit:
-        files = files[: args.limit]
-    full_kodak = args.dataset == "kodak" and not args.limit and not args.crop
-    if args.references == "none" or (args.references == "auto" and not full_kodak):
-        refs: list[RDCurve] = []
-    elif args.references == "auto":
-        refs = load_reference_curves(DEFAULT_REFERENCES)
-    elif args.references == "all":
-        refs = load_reference_curves(None)
-    else:
-        refs = load_reference_curves(args.references.split(","))
-    refs = [load_curve(p, published=False) for p in args.curves] + refs
-    cache = RecordCache(Path(args.cache_dir) / "records.sqlite") if args.cache_dir else None
-    res = evaluate(
-        files,
-        codecs,
-        args.out,
-        cache=cache,
-        references=refs,
-        anchor=args.anchor,
-        with_ms_ssim=not args.no_ms_ssim,
-        progress=not args.quiet,
-        crop=args.crop,
-        title=f"{args.dataset} ({len(files)} images)",
-        workers=args.workers,
-    )
-    if cache is not None:
-        print(cache.summary())
-        cache.close()
-    if res.bd is not None:
-        print(res.bd.to_markdown())
-    for k, p in res.files.items():
-        print(f"{k}: {p}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -116,7 +116,7 @@ class ModelConfig:
     ste_rate: bool = False           # ... and so does the rate: y and z rounded straight through, no noise
                                      # (the "hard" stage of Guo et al., ICML 2021, "Soft then Hard":
                                      # fine-tune the encoder on what will be coded, the decoder frozen;
-                                     # measured worse than noise here: docs/training.md)
+                                     # measured worse than noise here: docs/history.md)
     M: int | None = None             # channels of y; None: M = N, as in the paper
     N_s: int | None = None           # channels of g_s's 1/16-resolution residual block; None: N (the paper)
 

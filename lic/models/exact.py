@@ -4,7 +4,7 @@ The entropy decoder must rebuild the encoder's probability tables exactly.  Thos
 from networks (``h_s``, the context model, the mixture head ``entropy_parameters``), and a
 float32 network gives results that differ in the last bits between CPUs with other instruction
 sets (oneDNN and ATen pick AVX-512, AVX2 or SSE kernels at run time, each summing in its own
-order): measured with ``python bench/determinism.py --worker-env ONEDNN_MAX_CPU_ISA=AVX2
+order): measured with ``python -m bench.determinism --worker-env ONEDNN_MAX_CPU_ISA=AVX2
 --worker-env ATEN_CPU_CAPABILITY=avx2``, a version-1 file made with AVX-512 kernels failed to
 decode with AVX2 ones.  Rounding the parameters to a grid (``quantize_params``) does not help
 when a last-bit difference straddles a grid step, and among millions of parameters per image

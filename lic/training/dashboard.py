@@ -112,7 +112,8 @@ def log_validation(trainer, step: int, real: dict) -> None:
         elif isinstance(lg, TensorBoardLogger):
             lg.experiment.add_image("val/reconstructions", panel, step, dataformats="HWC")
             lg.experiment.add_image("val/rd_curve", rd, step, dataformats="HWC")
-            table = "| mode | bpp | PSNR |\n|---:|---:|---:|\n" + "\n".join(f"| {r[1]:g} | {r[2]} | {r[3]} |" for r in rows)
+            table = "| mode | bpp | PSNR |\n|---:|---:|---:|\n" + "\n".join(
+                f"| {r[1]:g} | {r[2]} | {r[3]} |" for r in rows)
             lg.experiment.add_text("val/rd_points", table, step)
         elif isinstance(lg, CSVLogger):
             d = Path(lg.log_dir)

@@ -298,8 +298,8 @@ class LitCodec(L.LightningModule):
     def init_weights_from(self, path: str) -> dict:
         """Start from another model's weights (``.safetensors`` or ``.ckpt``) with a fresh optimizer.
 
-        The source must be the same architecture.  For one that can be widened
-        (``widenable``: cheng2020-gmm) the source must be the same model (K, context; variable-rate or not), with transforms (N),
+        The source must be the same architecture.  For one that can be widened (``widenable``:
+        cheng2020-gmm) the source must be the same model (K, context; variable-rate or not), with transforms (N),
         y (M) and g_s's 1/16 stage (N_s) as wide as this one's or narrower: a narrower model is
         widened without changing what it computes (``lic.training.widen``).  Gains of a
         variable-rate model: with the same number of modes, mode i stays mode i and moves by half

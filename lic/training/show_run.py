@@ -159,7 +159,8 @@ def describe(run: Run, full_config: bool = False) -> str:
     if full_config:
         lines.append("config:\n" + json.dumps(run.config, indent=2, sort_keys=True, default=str))
     else:
-        groups = ", ".join(f"{k}" + (f" ({len(v)} keys)" if isinstance(v, dict) else f"={v}") for k, v in run.config.items())
+        groups = ", ".join(f"{k}" + (f" ({len(v)} keys)" if isinstance(v, dict) else f"={v}")
+                           for k, v in run.config.items())
         lines.append(f"config: {groups or '(none)'}")
     scalars = run.scalars()
     lines.append(f"metrics ({len(scalars)}):")

@@ -26,12 +26,13 @@ def main(out: Path, image: Path) -> None:
     px = io.read_image(image).pixels
     entries = {e["file"]: e for e in read_registry()}
     manifest = {}
-    for name, weights, mode, kw, (t, l, h, w) in CASES:
+    for name, weights, mode, kw, (top, left, h, w) in CASES:
         lm = load_entry(entries[weights])
-        data = codec.encode_with_net(lm.net, px[t:t + h, l:l + w].copy(), mode, lm.fingerprint, **kw)
+        data = codec.encode_with_net(lm.net, px[top:top + h, left:left + w].copy(), mode, lm.fingerprint, **kw)
         pixels = codec.decode_with_net(lm.net, data, fp=lm.fingerprint)
         (out / f"{name}.lic").write_bytes(data)
-        manifest[name] = {"weights": weights, "mode": mode, "encoder": kw, "crop": [t, l, h, w], "bytes": len(data),
+        manifest[name] = {"weights": weights, "mode": mode, "encoder": kw, "crop": [top, left, h, w],
+                          "bytes": len(data),
                           "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 

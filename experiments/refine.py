@@ -1,7 +1,7 @@
 """What encoder-side latent refinement (``encode.py --refine STEPS``, lic.refine) buys, and what it
 costs: real files of Kodak images at a few modes, for several step counts.
 
-    python bench/refine.py [--images 3] [--modes 1 4 8] [--steps 0 10 25 50] [--proxies sga]
+    python -m experiments.refine [--images 3] [--modes 1 4 8] [--steps 0 10 25 50] [--proxies sga]
                            [--crop WxH] [--threads 1] [--checkpoint W]
 
 For every (mode, proxy, steps): mean real bpp, mean PSNR, the change against steps = 0 (same
@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, io
+from lic.eval.metrics import psnr
+from lic.refine import PROXIES, RefineConfig
+from lic.weights import fingerprint, load_checkpoint, load_model
 
-from lic import codec, io  # noqa: E402
-from lic.eval.metrics import psnr  # noqa: E402
-from lic.refine import PROXIES, RefineConfig  # noqa: E402
-from lic.weights import fingerprint, load_checkpoint, load_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -56,7 +54,7 @@ def main() -> None:
         base = None
         for proxy, s in [("-", 0)] + [(p, s) for p in args.proxies for s in steps if s]:
             rows = []
-            for name, px in images:
+            for _, px in images:
                 t = time.perf_counter()
                 refine = RefineConfig(steps=s, proxy=proxy) if s else None
                 data = codec.encode_with_net(net, px, mode, fp, refine=refine)
@@ -68,8 +66,8 @@ def main() -> None:
                 base = rows
             dbits = statistics.mean(r[0] / b[0] - 1 for r, b in zip(rows, base))
             ddb = statistics.mean(r[1] - b[1] for r, b in zip(rows, base))
-            print(f"| {mode:g} | {proxy} | {s} | {bpp:.4f} | {db:.2f} | {100 * dbits:+.1f} % | {ddb:+.2f} | {sec:.1f} |",
-                  flush=True)
+            print(f"| {mode:g} | {proxy} | {s} | {bpp:.4f} | {db:.2f} | {100 * dbits:+.1f} % | {ddb:+.2f} "
+                  f"| {sec:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

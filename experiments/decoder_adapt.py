@@ -1,6 +1,6 @@
 """Would a per-image update of part of g_s, sent in the file, pay for its bits?  (A probe.)
 
-    python bench/decoder_adapt.py [--images 3] [--modes 6 8] [--steps 200] [--subsets biases last_conv]
+    python -m experiments.decoder_adapt [--images 3] [--modes 6 8] [--steps 200] [--subsets biases last_conv]
 
 Instance-adaptive compression (van Rozendaal, Huijben & Cohen, ICLR 2021, "Overfitting for Fun
 and Profit") fine-tunes part of the decoder on the one image being coded and sends the update.
@@ -21,21 +21,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from lic import codec, io
+from lic.entropy.quantize import QuantMode, quantize
+from lic.eval.metrics import psnr
+from lic.weights import load_checkpoint, load_model
 
-from lic import codec, io  # noqa: E402
-from lic.entropy.quantize import QuantMode, quantize  # noqa: E402
-from lic.weights import load_checkpoint, load_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def subset(net: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
@@ -53,9 +51,7 @@ def subset(net: torch.nn.Module, name: str) -> list[torch.nn.Parameter]:
 
 def psnr8(x_hat: torch.Tensor, px: np.ndarray) -> float:
     h, w = px.shape[:2]
-    rec = io.from_tensor(x_hat[:, :, :h, :w])
-    mse = float(np.mean((rec.astype(np.float64) - px.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-12))
+    return psnr(px, io.from_tensor(x_hat[:, :, :h, :w]))
 
 
 def entropy_bits(q: np.ndarray) -> float:
@@ -84,7 +80,7 @@ def main() -> None:
     for path in files:
         px = io.read_image(path).pixels
         h, w = px.shape[:2]
-        x = codec.pad(io.to_tensor(px), base.downsampling)                                  # (1, 3, H, W), H, W multiples of 64
+        x = codec.pad(io.to_tensor(px), base.downsampling)   # (1, 3, H, W), H, W multiples of 64
         for mode in args.modes:
             bpp = 8 * len(codec.encode_with_net(base, px, mode)) / (h * w)
             with torch.no_grad():
@@ -119,10 +115,11 @@ def main() -> None:
                     share = bits / (bpp * h * w)
                     summary.setdefault((name, mode, delta), []).append((share, after - before))
                     print(f"{path.stem} mode {mode:g} {name} delta {delta:g}: {n} parameters, file {bpp:.3f} bpp, "
-                          f"update ~{bits / 8:.0f} bytes (+{100 * share:.1f} % bits), PSNR {before:.2f} -> {after:.2f} dB "
-                          f"({seconds:.0f} s)", flush=True)
+                          f"update ~{bits / 8:.0f} bytes (+{100 * share:.1f} % bits), "
+                          f"PSNR {before:.2f} -> {after:.2f} dB ({seconds:.0f} s)", flush=True)
     for (name, mode, delta), rows in summary.items():
-        print(f"mean, mode {mode:g}, {name}, delta {delta:g}: +{100 * statistics.mean(r[0] for r in rows):.1f} % bits (estimate), "
+        print(f"mean, mode {mode:g}, {name}, delta {delta:g}: "
+              f"+{100 * statistics.mean(r[0] for r in rows):.1f} % bits (estimate), "
               f"{statistics.mean(r[1] for r in rows):+.2f} dB over {len(rows)} images")
 
 

@@ -1,19 +1,18 @@
 """How much of an image k numbers per 16x16 block keep, at best with a LINEAR transform.
 
-    python bench/linear_ceiling.py [--k 48 64 96 128 192 256] [--train-images 300]
+    python -m experiments.linear_ceiling [--k 48 64 96 128 192 256] [--train-images 300]
 
 A Karhunen-Loeve transform (PCA) of 16x16x3 blocks, fitted on the training photos
 (../shared/data/train), keeps the k strongest of the 768 components; the table gives the mean
 PSNR on Kodak of the 8-bit reconstruction.  The learned model sees the same 1/16 grid: y has M
 numbers per 16x16 block, and g_s's first block (``ResidualBlock(M, N_s)``) passes N_s of them on.
-Its unquantized ceiling (``bench/autoencoder_ceiling.py``) set beside this table says how many
-numbers per block the trained transforms use in effect (docs/training.md, "The flat top").
+Its unquantized ceiling (``experiments/autoencoder_ceiling.py``) set beside this table says how many
+numbers per block the trained transforms use in effect (docs/history.md, "The flat top").
 No quantization, no entropy coding: a reference point for the transforms, not a codec.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import sys
 from pathlib import Path
@@ -21,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lic.eval.metrics import psnr
+from lic.training.datamodule import list_images
 
-from lic.training.datamodule import list_images  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 B = 16   # y's grid: one latent vector per 16x16 block
 
 
@@ -61,8 +60,10 @@ def main(argv=None) -> int:
         P = V[:, :k]
         psnrs = []
         for b in kb:
-            r = np.clip(np.round(((b - mu) @ P @ P.T + mu) * 255), 0, 255) / 255
-            psnrs.append(10 * math.log10(1.0 / ((r - b) ** 2).mean()))
+            r = np.clip(np.round(((b - mu) @ P @ P.T + mu) * 255), 0, 255)
+            # blocks as a (n, 256, 3) "image" of 8-bit values, for the one PSNR
+            psnrs.append(psnr(np.round(b * 255).astype(np.uint8).reshape(-1, B * B, 3),
+                              r.astype(np.uint8).reshape(-1, B * B, 3)))
         print(f"| {k} | {np.mean(psnrs):.2f} |")
     return 0
 

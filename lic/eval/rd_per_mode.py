@@ -1,8 +1,8 @@
-"""Per mode: this codec's PSNR and MS-SSIM minus each measured codec's at the same bpp, from the
-files an evaluate run wrote.
+"""Per mode: the learned codec's bpp, PSNR and MS-SSIM, and its PSNR and MS-SSIM minus each
+measured codec's at the same bpp, from the files an evaluate run wrote.
 
-    python bench/rd_per_mode.py logs/eval/<run>           # after: python evaluate.py dataset=kodak
-    python bench/rd_per_mode.py logs/eval/<run> --against logs/eval/<earlier run>   # two models
+    python -m lic.eval.rd_per_mode logs/eval/<run>           # after: python evaluate.py dataset=kodak
+    python -m lic.eval.rd_per_mode logs/eval/<run> --against logs/eval/<earlier run>   # two models
 
 ``--against`` adds a row per metric for the lic curve of another run (the previous model on the
 same images) and its BD-rate / BD-PSNR (PCHIP) against it.
@@ -18,13 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate  # noqa: E402
+from lic.eval.bdrate import bd_psnr, bd_rate, gain_at_rate
 
 METRICS = (("psnr-rgb", "PSNR (dB)", "+.2f"), ("ms-ssim-rgb", "MS-SSIM", "+.4f"))
 
@@ -51,13 +47,20 @@ def main(argv=None) -> int:
         theirs = lic_json(Path(args.against))
         other = json.loads(theirs.read_text())["results"]
         curves.append((f"{theirs.stem} ({args.against})", other))
+    def measured(res: dict, key: str) -> bool:
+        """``key``'s values are all there (a run with ms_ssim=false writes nulls)."""
+        return bool(res.get(key)) and all(v is not None for v in res[key])
+
     modes = range(1, len(lic["bpp"]) + 1)
     print(f"| {ours.stem} | " + " | ".join(f"mode {m}" for m in modes) + " |")
     print("|---|" + "---:|" * len(modes))
     print("| bpp | " + " | ".join(f"{b:.3f}" for b in lic["bpp"]) + " |")
+    print("| PSNR RGB (dB) | " + " | ".join(f"{p:.2f}" for p in lic["psnr-rgb"]) + " |")
+    if measured(lic, "ms-ssim-rgb"):
+        print("| MS-SSIM | " + " | ".join(f"{v:.3f}" for v in lic["ms-ssim-rgb"]) + " |")
     for name, res in curves:
         for key, label, fmt in METRICS:
-            if not res.get(key) or not lic.get(key):
+            if not (measured(res, key) and measured(lic, key)):
                 continue
             cells = []
             for b, q in zip(lic["bpp"], lic[key]):
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     if args.against:
         print()
         for key, label, _ in METRICS:
-            if lic.get(key) and other.get(key):
+            if measured(lic, key) and measured(other, key):
                 a, t = list(zip(other["bpp"], other[key])), list(zip(lic["bpp"], lic[key]))
                 print(f"BD-rate ({label.split()[0]}) vs {args.against}: {bd_rate(a, t):+.2f} %", end="")
                 print(f", BD-PSNR {bd_psnr(a, t):+.3f} dB" if key == "psnr-rgb" else "")

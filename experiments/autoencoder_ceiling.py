@@ -1,8 +1,8 @@
 """The quality ceiling of a model's transforms: PSNR of g_s(g_a(x)) with NO quantization, on Kodak,
 beside the real codec's PSNR at the model's top mode.
 
-    python bench/autoencoder_ceiling.py [--checkpoint W] [--images 24] [--threads 2]
-    python bench/autoencoder_ceiling.py --dir ../shared/data/train --stride 24   # training photos instead
+    python -m experiments.autoencoder_ceiling [--checkpoint W] [--images 24] [--threads 2]
+    python -m experiments.autoencoder_ceiling --dir ../shared/data/train --stride 24   # training photos instead
 
 If the unquantized autoencoder cannot reproduce an image better than X dB, no mode can: the
 upper modes then spend bits for little PSNR.  ``--dir`` runs it on other images (every PNG under
@@ -10,30 +10,22 @@ the folder, sorted, every ``--stride``-th): on the training photos it tells whet
 has merely memorised its training set (much higher there than on Kodak) or is as limited there.
 
 This is how the shipped N = M = 64 model's limit
-was found (docs/training.md); run it on any checkpoint to see whether its transforms or its
+was found (docs/history.md); run it on any checkpoint to see whether its transforms or its
 entropy model limit the top of its curve.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
-import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from lic import codec, io
+from lic.eval.metrics import psnr
+from lic.weights import load_checkpoint, load_model
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from lic import codec, io  # noqa: E402
-from lic.weights import load_checkpoint, load_model  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * math.log10(255**2 / max(mse, 1e-12))
 
 
 def main() -> None:
@@ -66,11 +58,12 @@ def main() -> None:
         data = codec.encode_with_net(net, px, top if net.config.num_modes > 1 else None)
         real = codec.decode_with_net(net, data)
         rows.append((p.stem, psnr(ae, px), psnr(real, px), 8 * len(data) / (h * w)))
-        print(f"{p.parent.name}/{p.stem}: unquantized {rows[-1][1]:.2f} dB, mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp",
-              flush=True)
+        print(f"{p.parent.name}/{p.stem}: unquantized {rows[-1][1]:.2f} dB, "
+              f"mode {top:g}: {rows[-1][2]:.2f} dB at {rows[-1][3]:.3f} bpp", flush=True)
     print(f"model {net.config.to_dict()}")
     print(f"mean over {len(rows)} images: unquantized g_s(g_a(x)) {statistics.mean(r[1] for r in rows):.2f} dB; "
-          f"real file at mode {top:g}: {statistics.mean(r[2] for r in rows):.2f} dB, {statistics.mean(r[3] for r in rows):.3f} bpp")
+          f"real file at mode {top:g}: {statistics.mean(r[2] for r in rows):.2f} dB, "
+          f"{statistics.mean(r[3] for r in rows):.3f} bpp")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
 """Race training recipes at equal wall-clock time, then score each on real Kodak files.
 
-    python bench/recipe_race.py [--race recipes|optimizers] [--minutes 20] [--parallel 2] [--images 8]
-                                [--out logs/race] [--only NAME ...] [--device cpu|gpu]
+    python -m experiments.recipe_race [--race recipes|optimizers] [--minutes 20] [--parallel 2] [--images 8]
+                                      [--out logs/race] [--only NAME ...] [--device cpu|gpu]
 
 Each candidate is `train.py experiment=cpu_single lambda=0.0067` plus its overrides, run for the
 same `trainer.max_time` from scratch (one torch thread each on the CPU, `--parallel` at a time),
-ending with its last checkpoint.  `--race optimizers` races Adam against SOAP (docs/training.md).  Each is then scored on the first `--images` Kodak images with real
+ending with its last checkpoint.  `--race optimizers` races Adam against SOAP (docs/training.md).
+Each is then scored on the first `--images` Kodak images with real
 files (bpp of the whole file, PSNR), against JPEG (Pillow, 4:2:0) measured on the same images:
 "dB over JPEG" is the PSNR gain at the candidate's own bpp (JPEG interpolated in log-bpp).  A
 single-rate model gives one point, so this is a gain at one rate, not a BD-rate.
 
-The table (markdown) is printed and written to OUT/race.md; docs/training.md keeps the results.
+The table (markdown) is printed and written to OUT/race.md; docs/history.md keeps the results.
 """
 from __future__ import annotations
 
@@ -21,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # name -> overrides on top of experiment=cpu_single lambda=0.0067
 RECIPES: dict[str, list[str]] = {
@@ -65,8 +64,9 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
     import torch
 
     from lic.eval.bdrate import gain_at_rate
+    from lic.eval.datasets import resolve_dataset
     from lic.eval.lic_codec import LicCodec
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.runner import evaluate
 
     raw = torch.load(str(ckpt), map_location="cpu", weights_only=True)
     stats = raw.get("lic_train_stats") or {}
@@ -80,7 +80,8 @@ def score(ckpt: Path, images: int, jpeg_curve) -> dict:
 
 def jpeg_on(images: int):
     from lic.eval.baselines import available_baselines
-    from lic.eval.runner import evaluate, resolve_dataset
+    from lic.eval.datasets import resolve_dataset
+    from lic.eval.runner import evaluate
 
     res = evaluate(resolve_dataset("kodak")[:images], available_baselines(["jpeg"]), None,
                    with_ms_ssim=False, progress=False)

@@ -2,7 +2,7 @@
 replaced by a second run's, which measured only those modes (``model.modes=[...]``), with
 everything a run writes (per-image CSV, per-codec JSON, RD plots, BD-rate table) redone.
 
-    python bench/merge_runs.py logs/eval/<whole run> logs/eval/<run of some modes> --out logs/eval/<merged> \\
+    python -m lic.eval.merge_runs logs/eval/<whole run> logs/eval/<run of some modes> --out logs/eval/<merged> \\
         [--label "lic ..."] [--curves earlier.json ...]
 
 For when a change touches only some modes (the refining encoder's stand-in at modes 7-8, say),
@@ -14,14 +14,10 @@ same images.  The published Kodak curves are added when both runs covered all 24
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves  # noqa: E402
-from lic.eval.runner import ImageRecord, aggregate, read_csv, write_outputs  # noqa: E402
+from lic.eval.plot import DEFAULT_REFERENCES, load_curve, load_reference_curves
+from lic.eval.runner import ImageRecord, aggregate, read_csv, write_outputs
 
 
 def lic_name(records: list[ImageRecord], run: Path) -> str:
