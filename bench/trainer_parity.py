@@ -1,7 +1,7 @@
 """Parity with CompressAI's own trainer: the same architecture trained through lic's loop and
 through CompressAI's ``examples/train.py`` loop, then both scored with real bitstreams on Kodak.
 
-    python bench/trainer_parity.py --steps 2000 [--arch bmshj2018-hyperprior] [--N 128] [--M 192]
+    python -m bench.trainer_parity --steps 2000 [--arch bmshj2018-hyperprior] [--N 128] [--M 192]
         [--crop 256] [--batch 8] [--lmbda 0.0067] [--seed 1] [--workers 2] [--images 24]
         [--loops lic compressai] [--out logs/parity/NAME]
 
@@ -42,7 +42,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
