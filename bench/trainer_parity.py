@@ -74,14 +74,16 @@ def run_lic(args, out: Path) -> dict:
     cmd = [sys.executable, str(REPO / "train.py"), f"model={args.arch}", f"lambda={args.lmbda}",
            f"model.model.N={args.N}", f"seed={args.seed}", f"data.train_dir={args.data}",
            f"data.crop={args.crop}", f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps}",
-           "trainer.limit_val_batches=0", "model.val_real_images=0", "~callbacks.model_checkpoint",
+           "trainer.limit_val_batches=0", "model.val_real_images=0", "data.val_count=0",
+           # one checkpoint, at the end (the periodic callback saves when fit ends)
+           f"callbacks.model_checkpoint.every_n_train_steps={args.steps}",
            "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", "logger=csv",
-           f"paths.output_dir={run}", "model.lr=1e-4",
-           "model.aux_lr=1e-3", "trainer.gradient_clip_val=1.0"]
+           f"paths.output_dir={run}", "optimizer=adam", "optimizer.lr=1e-4", "optimizer.aux_lr=1e-3",
+           "scheduler=multistep", "scheduler.warmup_steps=0", "trainer.gradient_clip_val=1.0"]
     if "M" in _config_fields(args.arch):
         cmd.append(f"model.model.M={args.M}")
     subprocess.run(cmd, cwd=REPO, check=True, env=dict(os.environ, WANDB_MODE="offline"))
-    ckpt = run / "checkpoints" / "final.ckpt"
+    ckpt = run / "checkpoints" / "last.ckpt"
     stats = torch.load(ckpt, map_location="cpu", weights_only=True)["lic_train_stats"]
     losses = _csv_losses(run)
     return {"checkpoint": str(ckpt), "steps": stats["steps"], "seconds": stats["train_seconds"],
