@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from lic import codec, container
+from lic.models.base import can_adapt
 from lic.refine import RefineConfig
 from lic.weights import LEGACY_ARCH, LoadedModel, fingerprint, ladder_modes, load_checkpoint, load_model, read_registry
 
@@ -63,6 +64,7 @@ class LicCodec:
                     models[float(m)] = lm.with_mode(float(m))
             else:
                 models[float(modes[i] if modes else i + 1)] = lm
+        adapt = _adapts(models, adapt)
         label = name or (f"lic {models[min(models)].name} {widths_label(models[min(models)].net.config)}"
                          + refine_label(refine) + adapt_label(adapt))
         return cls(label, models, description=f"lic checkpoints: {', '.join(map(str, paths))}",
@@ -81,6 +83,7 @@ class LicCodec:
             all_modes = sorted({m for e in entries for m in e["modes"]})
             models = {float(m): load_model(mode=float(m), model=model) for m in (modes or all_modes)}
         first = models[min(models)]
+        adapt = _adapts(models, adapt)
         label = name or f"lic {first.name} {widths_label(first.net.config)}" + refine_label(refine) + adapt_label(adapt)
         return cls(label, models, description=f"lic shipped weights: weights/{Path(first.source).name}",
                    refine=_active(refine), adapt=adapt, recipe=("shipped", model, tuple(modes) if modes else None))
@@ -91,6 +94,12 @@ def _rebuild(recipe: tuple, name: str, refine: RefineConfig | None, adapt: bool)
     if kind == "shipped":
         return LicCodec.shipped(source, modes, name, refine=refine, adapt=adapt)
     return LicCodec.from_checkpoints(list(source), modes, name, refine=refine, adapt=adapt)
+
+
+def _adapts(models: dict[float, LoadedModel], adapt: bool) -> bool:
+    """The per-image last-layer update is asked for and every model can send one (a model without
+    ``last_layer`` is coded without it, so its curve is not labelled with it)."""
+    return adapt and all(can_adapt(m.net) for m in models.values())
 
 
 def _active(refine: RefineConfig | None) -> RefineConfig | None:
