@@ -315,16 +315,15 @@ def _model_of(p: argparse.ArgumentParser, arg: str | None, checkpoint: str | Non
     otherwise."""
     if arg is None:
         return None
-    from lic.container import MODEL_IDS, MODELS
+    from lic.container import ARCHS, MODEL_IDS
     from lic.registry import mode_ranges, read_registry
 
     name = MODEL_IDS.get(int(arg)) if arg.isdigit() else arg
     if checkpoint is not None:
-        archs = sorted({m.arch for m in MODELS.values()})
-        if name not in MODEL_IDS.values() and name not in archs:
+        if name not in MODEL_IDS.values() and name not in ARCHS:
             _usage(p, f"unknown model {arg!r} (the format's models: "
                       + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items()) + "; architectures: "
-                      + ", ".join(archs) + ")")
+                      + ", ".join(ARCHS) + ")")
     elif read_registry() and (name is None or not mode_ranges(name)):   # no registry: exit 1 when loading
         _usage(p, f"no shipped model {arg}; shipped: " + ", ".join(_shipped_models()))
     return name
@@ -354,9 +353,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
     prog = "lic-encode"
 
     def body() -> int:
-        from lic.container import MODEL_IDS, MODELS  # (standard library only)
-
-        archs = sorted({m.arch for m in MODELS.values()})
+        from lic.container import ARCHS, MODEL_IDS  # (standard library only)
 
         def extra(p: argparse.ArgumentParser) -> None:
             p.add_argument("-q", "--quality", metavar="MODE", type=_finite_float, default=None,
@@ -378,7 +375,7 @@ def encode_main(argv: Sequence[str] | None = None) -> int:
                                 + (", ".join(_shipped_models()) or "none") + "; -q is then that model's own "
                                 "mode (default: the registry's ladder of modes). With --checkpoint, the model the "
                                 "checkpoint must hold: " + ", ".join(f"{k}={v}" for k, v in MODEL_IDS.items())
-                                + ", or an architecture (" + ", ".join(archs) + ")")
+                                + ", or an architecture (" + ", ".join(ARCHS) + ")")
 
         p = _parser(prog, "Compress an image into a .lic file.", ".lic", extra)
         args = _parse(p, argv)

@@ -117,6 +117,7 @@ MODELS: dict[int, ModelFormat] = {
 # views of MODELS (not separate facts): id -> name, and the ids of variable-rate models
 MODEL_IDS: dict[int, str] = {i: m.name for i, m in MODELS.items()}
 VARIABLE_RATE_MODEL_IDS: frozenset[int] = frozenset(i for i, m in MODELS.items() if m.variable_rate)
+ARCHS: tuple[str, ...] = tuple(sorted({m.arch for m in MODELS.values()}))   # the architectures with ids
 
 TILE_UNIT = 64       # tile sides are multiples of this (every model's pad divides it)
 LATENT_STRIDE = 16   # y is 1/16 of the padded image in every model (the header's latent size)
