@@ -388,7 +388,7 @@ def test_slurm_sweep_folder_does_not_depend_on_the_job():
 @pytest.mark.parametrize("logger", ["tensorboard", "csv"])
 def test_logger_runs_exit_0_with_panels(tmp_path, data_dirs, logger):
     out = tmp_path / "run"
-    run_train_py([*NO_LOGGER, *_data(data_dirs), f"logger={logger}",
+    run_train_py([*NO_LOGGER, *_data(data_dirs), f"logger={logger}", "callbacks=throughput",
                   "trainer.max_steps=2", "trainer.val_check_interval=2", f"hydra.run.dir={out}"])
     if logger == "tensorboard":
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
