@@ -14,7 +14,8 @@ at 1.0 and no learning-rate schedule, for ``--steps`` steps each, one after the 
 same machine:
 
 * lic: ``python train.py model=ARCH ...`` (the Lightning loop, ``lic.training``; images decoded
-  once and cached, crops flipped at random), no validation during the run;
+  once and cached, crops flipped at random, cut by ``--workers`` loader processes as the
+  reference loop's are), no validation during the run;
 * compressai: this file's reproduction of ``examples/train.py``'s loop (CompressAI at commit
   0cc77e2f, the version read for this bench: it is not in the pip package): ``ImageFolder``-style
   reading of each file per item, ``RandomCrop`` (padded by reflection where an image is smaller
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lmbda", type=float, default=0.0067)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--workers", type=int, default=2, help="CompressAI loop's DataLoader processes")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes of both loops")
     p.add_argument("--images", type=int, default=24, help="Kodak images scored at the end")
     p.add_argument("--loops", nargs="+", default=["lic", "compressai"], choices=["lic", "compressai"])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "train")
@@ -73,7 +74,8 @@ def run_lic(args, out: Path) -> dict:
     run = out / "lic"
     cmd = [sys.executable, str(REPO / "train.py"), f"model={args.arch}", f"lambda={args.lmbda}",
            f"model.model.N={args.N}", f"seed={args.seed}", f"data.train_dir={args.data}",
-           f"data.crop={args.crop}", f"data.batch_size={args.batch}", f"trainer.max_steps={args.steps}",
+           f"data.crop={args.crop}", f"data.batch_size={args.batch}", f"data.num_workers={args.workers}",
+           f"trainer.max_steps={args.steps}",
            "trainer.limit_val_batches=0", "model.val_real_images=0", "data.val_count=0",
            # one checkpoint, at the end (the periodic callback saves when fit ends)
            f"callbacks.model_checkpoint.every_n_train_steps={args.steps}",

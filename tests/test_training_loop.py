@@ -174,6 +174,16 @@ def test_schedule_runs(tmp_path, data_dirs, scheduler):
     assert main == expected[scheduler], main
 
 
+def test_training_values_are_handed_over_on_the_logger_steps_only(tmp_path, data_dirs):
+    # the training step hands its values to Lightning only on the steps its logger writes
+    # (every log_every_n_steps): a step off, and the logger would write no training values at all
+    train_inprocess(tmp_path, data_dirs, ["trainer.max_steps=6", "trainer.log_every_n_steps=3",
+                                          "trainer.limit_val_batches=0", "model.val_real_images=0"])
+    losses = csv_metrics(tmp_path, "train/loss")
+    assert [s for s, _ in losses] == [2, 5]
+    assert [s for s, _ in csv_metrics(tmp_path, "train/psnr")] == [2, 5]
+
+
 def test_plateau_steps_once_per_validation():
     from lic.models.cheng2020 import Cheng2020GMM
     from lic.training.module import LitCodec
