@@ -156,9 +156,11 @@ class LitCodec(L.LightningModule):
         trainer = self._trainer
         if trainer is None:
             return True
-        every, step = int(trainer.log_every_n_steps), self.global_step + 1
-        last = trainer.should_stop or 0 < trainer.max_steps <= step
-        return last or (every > 0 and step % every == 0)
+        # Lightning's own test for the steps its loggers write (its LR and throughput monitors ask
+        # it too); fast_dev_run writes every step (Lightning's update_train_step_metrics)
+        writes = trainer._logger_connector.should_update_logs or bool(trainer.fast_dev_run)
+        last = trainer.should_stop or 0 < trainer.max_steps <= self.global_step + 1
+        return writes or last
 
     def validation_step(self, x, batch_idx):
         losses = []
